@@ -61,10 +61,18 @@ def cmd_datasets_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_datasets_list(args: argparse.Namespace) -> int:
+def _store_with_sample():
+    """The store, with the shipped sample registered on first use."""
+    from llm_studio.data import ensure_sample_dataset
     from llm_studio.store import Store
 
-    records = Store().list_datasets()
+    store = Store()
+    ensure_sample_dataset(store=store)
+    return store
+
+
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    records = _store_with_sample().list_datasets()
     if args.json:
         _print_json([asdict(r) for r in records])
     else:
@@ -75,18 +83,21 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets_show(args: argparse.Namespace) -> int:
-    from llm_studio.store import Store
-
-    rec = Store().get_dataset(args.name)
+    rec = _store_with_sample().get_dataset(args.name)
     if args.json:
         _print_json(asdict(rec))
         return 0
     print(f"name:       {rec.name}\nformat:     {rec.format}\npath:       {rec.path}")
     print(f"rows:       {rec.n_train} train, {rec.n_valid} validation")
     print(f"columns:    {json.dumps(rec.columns)}")
-    for key, value in rec.stats.items():
-        if not isinstance(value, (dict, list)):
-            print(f"{key + ':':<12}{value}")
+    for split, st in rec.stats.items():
+        if not isinstance(st, dict) or not st.get("conversations"):
+            continue
+        turns, prompt, answer = st.get("turns_per_conversation", {}), st.get("prompt_chars", {}), \
+            st.get("answer_chars", {})
+        print(f"{split + ':':<12}{st['conversations']} conversations, {turns.get('mean', 0):.2f} turns on average; "
+              f"prompt chars p50 {prompt.get('p50')} p90 {prompt.get('p90')} max {prompt.get('max')}; "
+              f"answer chars p50 {answer.get('p50')} p90 {answer.get('p90')} max {answer.get('max')}")
     return 0
 
 
@@ -104,6 +115,109 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.config and not args.resume:
         raise LLMStudioError("give a CONFIG file to train, or --resume NAME")
     return train_command(args.config, args.name, args.set or [], args.resume)
+
+
+def _fmt_progress(d: dict[str, Any]) -> str:
+    if d["total_steps"]:
+        eta = f" eta {int(d['eta_s'])}s" if d.get("eta_s") and d["status"] == "running" else ""
+        return f"{d['step']}/{d['total_steps']}{eta}"
+    return ""
+
+
+def cmd_experiments_start(args: argparse.Namespace) -> int:
+    from llm_studio.runner import manager
+
+    rec = manager.start(args.config, args.name, args.set or [])
+    print(f"queued experiment '{rec.name}' ({rec.config_path})")
+    from llm_studio.runner.scheduler import scheduler_active
+
+    if not scheduler_active():
+        print("note: no scheduler is running; start one with `llm-studio worker` or `make wave`")
+    return 0
+
+
+def cmd_experiments_list(args: argparse.Namespace) -> int:
+    from llm_studio.runner import manager
+
+    rows = [manager.as_dict(v) for v in manager.list_experiments()]
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        r["progress"] = _fmt_progress(r)
+        m = r["metrics"]
+        r["loss"] = f"{m['train/loss']:.4f}" if "train/loss" in m else ""
+        r["exact_match"] = f"{m['validation/exact_match']:.3f}" if "validation/exact_match" in m else ""
+        if r["broken_reason"]:
+            r["status"] = f"broken: {r['broken_reason']}"
+    _table(rows, ["name", "status", "dataset", "progress", "loss", "exact_match"])
+    return 0
+
+
+def cmd_experiments_show(args: argparse.Namespace) -> int:
+    from llm_studio.runner import manager
+
+    d = manager.as_dict(manager.show(args.name))
+    if args.json:
+        _print_json(d)
+        return 0
+    for key in ("name", "status", "dataset", "pid", "folder", "parent", "created_at", "started_at",
+                "finished_at"):
+        if d[key] is not None:
+            print(f"{key + ':':<13}{d[key]}")
+    if _fmt_progress(d):
+        print(f"{'progress:':<13}{_fmt_progress(d)}")
+    if d["broken_reason"]:
+        print(f"{'broken:':<13}{d['broken_reason']}")
+    if d["error"]:
+        print(f"{'error:':<13}{d['error']}")
+    for name, value in sorted(d["metrics"].items()):
+        print(f"  {name:<28}{value:.6g}")
+    return 0
+
+
+def cmd_experiments_action(args: argparse.Namespace) -> int:
+    from llm_studio.runner import manager
+
+    action = args.experiments_command
+    if action == "stop":
+        rec = manager.stop(args.name, wait_s=args.wait)
+        print(f"experiment '{rec.name}' is {rec.status}")
+    elif action == "resume":
+        rec = manager.resume(args.name)
+        print(f"experiment '{rec.name}' is {rec.status}")
+    elif action == "cancel":
+        rec = manager.cancel(args.name)
+        print(f"experiment '{rec.name}' cancelled; it is {rec.status}")
+    elif action == "move":
+        queue = manager.move(args.name, args.to)
+        print("queue: " + ", ".join(j.experiment_name for j in queue))
+    elif action == "delete":
+        manager.delete(args.name, force=args.force)
+        print(f"deleted experiment '{args.name}'")
+    elif action == "clone":
+        rec = manager.clone(args.name, args.new_name, args.set or [])
+        print(f"queued experiment '{rec.name}' (clone of '{args.name}')")
+    elif action == "logs":
+        if args.follow:
+            for chunk in manager.follow_logs(args.name):
+                print(chunk, end="", flush=True)
+        else:
+            print(manager.logs(args.name, lines=args.lines))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from llm_studio.runner.scheduler import Scheduler
+
+    scheduler = Scheduler(interval_s=args.interval)
+    if not scheduler.acquire():
+        raise LLMStudioError("another scheduler is already active for this workspace")
+    from llm_studio import paths
+
+    print(f"scheduler running for workspace {paths.home()}; Ctrl-C stops it (runs keep running)", flush=True)
+    scheduler.run_forever(stop_after_s=args.for_seconds)
+    return 0
 
 
 # --- parser ---------------------------------------------------------------------------------------
@@ -152,6 +266,52 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name")
     sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field (repeatable)")
     sp.add_argument("--resume", metavar="NAME", help="continue an experiment from its latest checkpoint")
+
+    ex = sub.add_parser("experiments", help="Queue and manage experiments (run by the scheduler).")
+    esub = ex.add_subparsers(dest="experiments_command", metavar="ACTION", required=True)
+    sp = add(esub, "start", cmd_experiments_start, "Validate a config and queue it as an experiment.",
+             "llm-studio experiments start experiments/tiny-sft.yaml --name first --set training.epochs=2")
+    sp.add_argument("config")
+    sp.add_argument("--name")
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE")
+    sp = add(esub, "list", cmd_experiments_list, "List experiments with status, progress and key metrics.",
+             "llm-studio experiments list --json")
+    sp.add_argument("--json", action="store_true")
+    sp = add(esub, "show", cmd_experiments_show, "Show one experiment.", "llm-studio experiments show first")
+    sp.add_argument("name")
+    sp.add_argument("--json", action="store_true")
+    sp = add(esub, "stop", cmd_experiments_action, "Stop a run: it saves a checkpoint and ends stopped.",
+             "llm-studio experiments stop first")
+    sp.add_argument("name")
+    sp.add_argument("--wait", type=float, default=30.0, metavar="SECONDS", help="wait this long for the end")
+    for action, help_, example in (
+        ("resume", "Queue a stopped or interrupted run to continue from its checkpoint.",
+         "llm-studio experiments resume first"),
+        ("cancel", "Cancel a queued experiment.", "llm-studio experiments cancel first"),
+    ):
+        add(esub, action, cmd_experiments_action, help_, example).add_argument("name")
+    sp = add(esub, "move", cmd_experiments_action, "Move a queued experiment to another queue position.",
+             "llm-studio experiments move second --to 1")
+    sp.add_argument("name")
+    sp.add_argument("--to", type=int, required=True, metavar="POSITION")
+    sp = add(esub, "delete", cmd_experiments_action, "Delete an experiment's folder and records.",
+             "llm-studio experiments delete first")
+    sp.add_argument("name")
+    sp.add_argument("--force", action="store_true", help="stop it first if it is running")
+    sp = add(esub, "clone", cmd_experiments_action, "Queue a copy of an experiment, with changes.",
+             "llm-studio experiments clone first --name second --set training.learning_rate=1e-3")
+    sp.add_argument("name")
+    sp.add_argument("--name", dest="new_name", required=True)
+    sp.add_argument("--set", action="append", metavar="KEY=VALUE")
+    sp = add(esub, "logs", cmd_experiments_action, "Print an experiment's train.log.",
+             "llm-studio experiments logs first --follow")
+    sp.add_argument("name")
+    sp.add_argument("--follow", "-f", action="store_true")
+    sp.add_argument("--lines", type=int, default=200)
+
+    sp = add(sub, "worker", cmd_worker, "Run the scheduler without the UI.", "llm-studio worker")
+    sp.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
+    sp.add_argument("--for-seconds", type=float, default=None, help=argparse.SUPPRESS)
     return p
 
 
