@@ -1,0 +1,1 @@
+"""Job manager: queue, resources, detached workers, stop/resume, crash reconciliation."""
