@@ -20,7 +20,7 @@ import psutil
 
 from llm_studio import paths, settings
 from llm_studio.config import ConfigError, ExperimentConfig, config_diff, config_from_dict, config_from_yaml
-from llm_studio.config import config_to_yaml, ui_fields
+from llm_studio.config import config_to_yaml, flatten, ui_fields
 from llm_studio.runner import manager
 from llm_studio.store import MetricPoint, Store
 
@@ -293,16 +293,6 @@ def compare_data(names: list[str], max_points: int = 400) -> dict[str, Any]:
 
 def compare_configs(names: list[str]) -> dict[str, dict[str, Any]]:
     return {n: flatten(saved_config(n).model_dump(mode="json")) for n in names}
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # --- new experiment form -------------------------------------------------------------------------

@@ -173,15 +173,18 @@ def save_config(cfg: ExperimentConfig, path: str | Path) -> None:
     atomic_write_text(Path(path), config_to_yaml(cfg))
 
 
+def flatten(d: dict[str, Any], sep: str = ".", prefix: str = "") -> dict[str, Any]:
+    """{'training': {'seed': 1}} -> {'training.seed': 1}: leaves keyed by their path."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, sep, f"{prefix}{k}{sep}"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def config_diff(a: ExperimentConfig, b: ExperimentConfig) -> dict[str, tuple[Any, Any]]:
     """Dotted path -> (value in a, value in b) for every leaf that differs."""
-    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-    fa, fb = flat(a.model_dump(mode="json")), flat(b.model_dump(mode="json"))
+    fa, fb = flatten(a.model_dump(mode="json")), flatten(b.model_dump(mode="json"))
     return {k: (fa.get(k), fb.get(k)) for k in sorted(fa.keys() | fb.keys()) if fa.get(k) != fb.get(k)}

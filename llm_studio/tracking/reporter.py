@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
+from llm_studio.config.io import flatten
 from llm_studio.store.records import MetricPoint
 
 log = logging.getLogger("llm_studio.tracking")
@@ -139,16 +140,6 @@ class NeptuneSink:
     def close(self, status: str) -> None:
         self.run["status"] = status
         self.run.stop()
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 class Reporter:
@@ -337,4 +328,4 @@ class Reporter:
 
     @staticmethod
     def flat_params(config: dict[str, Any]) -> dict[str, Any]:
-        return _flatten(config)
+        return flatten(config, sep="/")
