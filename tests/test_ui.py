@@ -240,15 +240,15 @@ def test_start_the_tiny_experiment_from_the_form_and_watch_the_loss_chart_grow(u
     assert "tiny-sft" in user.text("new_preset") and "sample-qa" in user.text("new_dataset")
     user.click("new_advanced")  # log_every and save_every are advanced settings
     user.el("cfg_training__log_every")
-    for name, value in [("new_name", "first"), ("cfg_training__max_steps", "6"), ("cfg_training__log_every", "1"),
-                        ("cfg_training__eval_every", "2"), ("cfg_training__save_every", "2"),
+    for name, value in [("new_name", "first"), ("cfg_training__max_steps", "240"), ("cfg_training__log_every", "1"),
+                        ("cfg_training__eval_every", "80"), ("cfg_training__save_every", "80"),
                         ("cfg_evaluation__num_predictions", "2"), ("cfg_generation__max_new_tokens", "4")]:
         user.page.fill(f"[data-test={name}]", value)
     user.click("new_show_yaml")  # the form as YAML and as the equivalent CLI command
     cli = user.value("new_cli_out")
     assert "llm-studio experiments start experiments/tiny-sft.yaml" in cli and "--name first" in cli
-    assert "--set training.max_steps=6" in cli and "--set training.log_every=1" in cli
-    assert "max_steps: 6" in user.value("new_yaml_out")
+    assert "--set training.max_steps=240" in cli and "--set training.log_every=1" in cli
+    assert "max_steps: 240" in user.value("new_yaml_out")
     user.shot("new-experiment-yaml")
     close_dialog(user)
     user.shot("new-experiment")
@@ -258,6 +258,7 @@ def test_start_the_tiny_experiment_from_the_form_and_watch_the_loss_chart_grow(u
     user.page.evaluate("() => { window.__still_the_same_page = true }")
 
     # watch: the number of points the browser holds grows while the run trains, without a reload
+    # (240 steps keep the run going for several seconds even on a quiet machine)
     counts: list[int] = []
 
     def finished() -> bool:
@@ -278,7 +279,7 @@ def test_start_the_tiny_experiment_from_the_form_and_watch_the_loss_chart_grow(u
     assert user.page.evaluate("() => window.__still_the_same_page === true"), "the page was reloaded"
     store = Store(ws / "llm_studio.db")
     stored = len(store.get_metrics("first", names=["train/loss", "validation/loss"]))
-    assert final == stored == 6 + 3, (final, stored)  # a loss per step, a validation loss per evaluation
+    assert final == stored == 240 + 3, (final, stored)  # a loss per step, a validation loss per evaluation
     user.shot("experiment")
 
     # a reload rebuilds the same history from the store

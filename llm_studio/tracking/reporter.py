@@ -147,7 +147,7 @@ class Reporter:
 
     def __init__(self, name: str, log_file: Path | None = None, *, store: Any = None, job_id: int | str | None = None,
                  neptune: NeptuneSink | None = None, enabled: bool = True, stdout: bool = True,
-                 flush_every_s: float = 5.0, heartbeat_every_s: float = 2.0,
+                 flush_every_s: float = 1.0, heartbeat_every_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic):
         self.name = name
         self.store = store if enabled else None
