@@ -368,7 +368,7 @@ def start_experiment(cfg: ExperimentConfig, name: str, parent: str | None = None
 
 
 def default_experiment_name(stem: str) -> str:
-    return manager.default_name(f"{stem}.yaml")
+    return paths.default_experiment_name(f"{stem}.yaml")
 
 
 # --- datasets ------------------------------------------------------------------------------------

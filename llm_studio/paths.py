@@ -50,6 +50,13 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+def default_experiment_name(config_path: str | Path) -> str:
+    """<config stem>-<local time>, e.g. tiny-sft-20261124-201500."""
+    from datetime import datetime
+
+    return f"{Path(config_path).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

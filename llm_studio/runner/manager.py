@@ -44,10 +44,6 @@ def experiment_dir(name: str) -> Path:
     return paths.experiments_dir() / paths.check_name(name, "experiment name")
 
 
-def default_name(config_path: str | Path) -> str:
-    return f"{Path(config_path).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
 def _request(cfg: ExperimentConfig) -> dict[str, Any]:
     env = cfg.environment
     return resources.wanted(env.device, env.num_processes, env.gpus, resources.detect_gpus())
@@ -61,7 +57,7 @@ def start(config_path: str | Path, name: str | None = None, overrides: Iterable[
           store: Store | None = None, parent_name: str | None = None) -> ExperimentRecord:
     """Validate the config, write it into the experiment folder and queue a training job."""
     cfg = load_config(config_path, list(overrides))  # ConfigError before anything is queued
-    return create_and_queue(cfg, name or default_name(config_path), store=store, parent_name=parent_name)
+    return create_and_queue(cfg, name or paths.default_experiment_name(config_path), store=store, parent_name=parent_name)
 
 
 def create_and_queue(cfg: ExperimentConfig, name: str, store: Store | None = None,
@@ -271,5 +267,5 @@ def config_yaml(name: str, store: Store | None = None) -> str:
 
 
 __all__ = ["ExperimentView", "start", "create_and_queue", "list_experiments", "show", "stop", "cancel", "resume",
-           "move", "delete", "clone", "logs", "follow_logs", "as_dict", "config_yaml", "default_name",
+           "move", "delete", "clone", "logs", "follow_logs", "as_dict", "config_yaml",
            "experiment_dir"]
