@@ -1,0 +1,1 @@
+"""Export a trained experiment as a plain Hugging Face model folder (merged, safetensors, model card)."""

@@ -1,0 +1,142 @@
+"""Export an experiment as a self-contained Hugging Face model folder.
+
+    from llm_studio.export.export import export_experiment
+    export_experiment("my-run", "out/my-model", checkpoint="best", zip=True)   # -> Path("out/my-model")
+
+The folder holds the merged weights (LoRA/DoRA merged into the base with `merge_and_unload`) as
+safetensors, config + generation config, the tokenizer with its chat template, and a model card
+(README.md). It loads with plain `AutoModelForCausalLM` / `AutoTokenizer`, no peft needed. The folder is
+built in a hidden temp sibling and renamed into place, so a failed export leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from llm_studio.errors import LLMStudioError
+from llm_studio.export.loading import ExperimentModel, load_experiment_model, read_summary
+
+
+def export_experiment(name: str, output_dir: str | Path, *, checkpoint: str = "best", dtype: str = "float32",
+                      zip: bool = False, overwrite: bool = True) -> Path:
+    """Write the merged model of experiment `name` to `output_dir` (and OUTPUT.zip with `zip`)."""
+    output = Path(output_dir).expanduser().resolve()
+    if output.exists() and not output.is_dir():
+        raise LLMStudioError(f"{output} exists and is not a folder")
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise LLMStudioError(f"{output} is not empty")
+    loaded = load_experiment_model(name, checkpoint, dtype=dtype)
+    model = loaded.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.config.use_cache = True
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+        _write_generation_config(model, loaded, tmp)
+        (tmp / "README.md").write_text(model_card(name, loaded), encoding="utf-8")
+        if output.exists():
+            trash = output.parent / f".{output.name}.old-{os.getpid()}"
+            os.replace(output, trash)
+            os.replace(tmp, output)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if zip:
+        zip_folder(output, output.parent / f"{output.name}.zip")
+    return output
+
+
+def zip_folder(folder: Path, target: Path) -> Path:
+    """Zip `folder`'s files (names relative to it) to `target`, atomically."""
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for p in sorted(folder.rglob("*")):
+                if p.is_file():
+                    zf.write(p, p.relative_to(folder).as_posix())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return target
+
+
+def _write_generation_config(model: Any, loaded: ExperimentModel, folder: Path) -> None:
+    """The run's generation settings as the model's defaults (greedy when temperature is 0)."""
+    from transformers import GenerationConfig
+
+    gen = loaded.cfg.generation
+    tok = loaded.tokenizer
+    base = getattr(model, "generation_config", None)
+    eos: list[int] = []
+    base_eos = getattr(base, "eos_token_id", None)
+    for e in ([base_eos] if isinstance(base_eos, int) else list(base_eos or [])) + [tok.eos_token_id]:
+        if e is not None and e not in eos:
+            eos.append(e)
+    kwargs: dict[str, Any] = {"max_new_tokens": gen.max_new_tokens, "repetition_penalty": gen.repetition_penalty,
+                              "do_sample": gen.temperature > 0, "pad_token_id": tok.pad_token_id,
+                              "bos_token_id": tok.bos_token_id,
+                              "eos_token_id": eos[0] if len(eos) == 1 else (eos or None)}
+    if gen.temperature > 0:
+        kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k or None)
+    GenerationConfig(**kwargs).save_pretrained(folder)
+
+
+def _yaml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid YAML scalar
+
+
+def model_card(name: str, loaded: ExperimentModel) -> str:
+    """README.md: YAML front matter for the Hub, the training setup, final metrics and a usage snippet."""
+    cfg = loaded.cfg
+    summary = read_summary(loaded.exp_dir)
+    base = cfg.model.backbone
+    adapter = cfg.adapter.type
+    tags = ["llm-studio", "fine-tuned", "text-generation"] + ([adapter] if adapter != "none" else [])
+    lines = ["---", f"base_model: {_yaml_str(base)}", "library_name: transformers", "pipeline_tag: text-generation",
+             "tags:"] + [f"- {t}" for t in tags]
+    lines += ["datasets:", f"- {_yaml_str(cfg.dataset.name)}", "license: other", "---", "",
+              f"# {name}", "",
+              f"Fine-tuned from `{base}` on the dataset `{cfg.dataset.name}` with LLM Studio"
+              f"{' (' + adapter.upper() + ' adapter merged into the weights)' if adapter != 'none' else ''}.", "",
+              "## Training", "", "| setting | value |", "| --- | --- |"]
+    tr = cfg.training
+    rows = {"checkpoint": loaded.checkpoint.name, "adapter": adapter,
+            "epochs": summary.get("epochs", tr.epochs), "steps": summary.get("global_step", tr.max_steps),
+            "learning rate": tr.learning_rate, "batch size": tr.batch_size,
+            "gradient accumulation": tr.gradient_accumulation, "optimizer": tr.optimizer,
+            "max length": cfg.dataset.max_length, "seed": tr.seed}
+    if adapter != "none":
+        rows.update({"LoRA r": cfg.adapter.r, "LoRA alpha": cfg.adapter.alpha})
+    lines += [f"| {k} | {v} |" for k, v in rows.items()]
+    metrics = summary.get("final_metrics") or {}
+    if metrics:
+        lines += ["", "## Final metrics", "", "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.6g} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
+                  for k, v in sorted(metrics.items())]
+    lines += ["", "## Usage", "", "```python",
+              "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+              'path = "."  # this folder, or the Hub repo id',
+              "tokenizer = AutoTokenizer.from_pretrained(path)",
+              "model = AutoModelForCausalLM.from_pretrained(path)",
+              'messages = [{"role": "user", "content": "Hello!"}]',
+              "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\","
+              " return_dict=True)",
+              "out = model.generate(**inputs, max_new_tokens=64)",
+              "print(tokenizer.decode(out[0, inputs['input_ids'].shape[1]:], skip_special_tokens=True))",
+              "```", ""]
+    return "\n".join(lines)
