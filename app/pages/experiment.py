@@ -19,6 +19,7 @@ from h2o_wave import Q, on, ui
 
 from app import services
 from app.components import charts, live
+from app.pages.chat_export import render_chat, render_export
 from app.components.errors import guarded
 from app.components.layout import add_card, clear_page, remove_card, status_tag
 
@@ -216,27 +217,6 @@ async def render_summary(q: Q, name: str, info: dict[str, Any], state: dict[str,
 def _events(name: str) -> list[dict[str, Any]]:
     return [{"time": e.time.strftime("%Y-%m-%d %H:%M:%S"), "level": e.level, "message": e.message}
             for e in services.store().list_events(name, limit=50)]
-
-
-async def render_chat(q: Q, name: str, info: dict[str, Any], state: dict[str, Any]) -> None:
-    add_card(q, "exp_chat", ui.form_card(box=ui.box("bottom", order=0), title="Chat", items=[
-        ui.message_bar(type="info", name="exp_chat_coming",
-                       text="Coming next: chat with this experiment's model right here, with streamed tokens, "
-                            "generation settings and the conversation kept per experiment."),
-        ui.text(f"Until then, from a terminal: `llm-studio chat {name} --prompt \"...\"`. The chat runs in its "
-                "own process, so a large model never slows the studio down."),
-    ]))
-
-
-async def render_export(q: Q, name: str, info: dict[str, Any], state: dict[str, Any]) -> None:
-    add_card(q, "exp_export", ui.form_card(box=ui.box("bottom", order=0), title="Export", items=[
-        ui.message_bar(type="info", name="exp_export_coming",
-                       text="Coming next: export the merged model (safetensors, tokenizer, generation config, "
-                            "model card) as a folder or a zip download, or push it to the Hugging Face Hub "
-                            "with the token from Settings, with progress shown here."),
-        ui.text(f"Until then: `llm-studio export {name} --output exports/{name} [--zip] "
-                "[--push OWNER/REPO --private]`."),
-    ]))
 
 
 TAB_RENDERERS = {"charts": render_charts, "logs": render_logs, "predictions": render_predictions,
