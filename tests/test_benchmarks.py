@@ -1,0 +1,39 @@
+"""Smoke test of benchmarks/train_throughput.py: every variant runs one warm-up and one timed step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
+
+
+@pytest.mark.skipif(not SCRIPT.exists(), reason="benchmark script missing")
+def test_train_throughput_smoke(tmp_path):
+    pytest.importorskip("trl")
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--device", "cpu", "--json", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = proc.stdout
+    assert "ratio engine / best TRL" in text, text
+    assert "ratio engine / bare loop" in text, text
+    for name in ("trl_padded", "trl_packed", "bare_loop", "engine"):
+        assert name in text
+    data = json.loads(out.read_text())
+    assert set(data["results"]) == {"trl_padded", "trl_packed", "bare_loop", "engine"}
+    for name, r in data["results"].items():
+        assert r["tokens_per_s"] > 0, name
+        assert 0 < r["real_fraction"] <= 1, name
+        assert r["peak_mem_mb"] > 0, name
+    assert data["ratios"]["engine_vs_best_trl"] > 0
+    assert data["ratios"]["engine_vs_bare_loop"] > 0
+    # packed engine batches carry no padding
+    assert data["results"]["engine"]["real_fraction"] == 1.0
