@@ -220,6 +220,59 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from llm_studio.export.export import export_experiment
+
+    if not args.output and not args.push:
+        raise LLMStudioError("give --output DIR (and/or --push OWNER/REPO)")
+    if args.push:
+        from llm_studio.export.push import check_repo_id
+
+        check_repo_id(args.push)  # before the slow merge
+    if args.output:
+        out = export_experiment(args.name, args.output, checkpoint=args.checkpoint, dtype=args.dtype, zip=args.zip)
+        print(f"exported '{args.name}' to {out}" + (f" and {out.parent / (out.name + '.zip')}" if args.zip else ""))
+    if args.push:
+        from llm_studio.export.push import push_experiment
+
+        url = push_experiment(args.name, args.push, private=args.private, checkpoint=args.checkpoint,
+                              dtype=args.dtype, folder=out if args.output else None)
+        print(f"pushed '{args.name}' to {url}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from llm_studio.chat.client import ChatClient
+
+    settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+    with ChatClient(args.name, checkpoint=args.checkpoint, idle_timeout=600) as chat:
+        if args.prompt is not None:
+            for delta in chat.stream([{"role": "user", "content": args.prompt}], **settings):
+                print(delta, end="", flush=True)
+            print()
+            return 0
+        history: list[dict[str, str]] = []
+        print(f"chatting with '{args.name}' (empty line or Ctrl-D quits, /reset clears the history)")
+        while True:
+            try:
+                text = input("> ").strip()
+            except EOFError:
+                print()
+                return 0
+            if not text:
+                return 0
+            if text == "/reset":
+                history = []
+                continue
+            history.append({"role": "user", "content": text})
+            parts = []
+            for delta in chat.stream(history, **settings):
+                parts.append(delta)
+                print(delta, end="", flush=True)
+            print()
+            history.append({"role": "assistant", "content": "".join(parts)})
+
+
 # --- parser ---------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,6 +365,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add(sub, "worker", cmd_worker, "Run the scheduler without the UI.", "llm-studio worker")
     sp.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     sp.add_argument("--for-seconds", type=float, default=None, help=argparse.SUPPRESS)
+
+    sp = add(sub, "export", cmd_export, "Merge an experiment's adapter and export (or push) a Hugging Face model.",
+             "llm-studio export first --output exported/first --zip")
+    sp.add_argument("name")
+    sp.add_argument("--output", metavar="DIR", help="folder to write the merged model to")
+    sp.add_argument("--zip", action="store_true", help="also write DIR.zip")
+    sp.add_argument("--checkpoint", default="best", help="best (default), latest or a folder name like step-6")
+    sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    sp.add_argument("--push", metavar="OWNER/REPO", help="upload to this Hugging Face Hub repository")
+    sp.add_argument("--private", action="store_true", help="create the Hub repository private")
+
+    sp = add(sub, "chat", cmd_chat, "Chat with a trained experiment (streamed answers).",
+             "llm-studio chat first --prompt 'What is the capital of France?'")
+    sp.add_argument("name")
+    sp.add_argument("--prompt", help="ask once, print the answer and exit (a REPL otherwise)")
+    sp.add_argument("--checkpoint", default="best")
+    sp.add_argument("--max-new-tokens", type=int, default=None)
+    sp.add_argument("--temperature", type=float, default=None)
     return p
 
 
