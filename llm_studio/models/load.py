@@ -112,10 +112,16 @@ def hardware_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
                          f"{training.optimizer} (bitsandbytes) needs a CUDA GPU; use 'adamw' on CPU"))
     if model.quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
         problems.append(("model.quantization", "needs the bitsandbytes package, which is not installed"))
-    if env.num_processes > 1:
-        problems.append(("environment.num_processes", "multi-process training is not available yet; use 1"))
+    # num_processes > 1 runs DDP under torchrun (llm_studio/train/distributed.py); DeepSpeed is not wired in
+    if env.num_processes > 1 and on_gpu and env.num_processes > torch.cuda.device_count():
+        problems.append(("environment.num_processes", f"{env.num_processes} processes (one per GPU) but only "
+                         f"{torch.cuda.device_count()} CUDA GPU(s) are visible"))
     if env.deepspeed_stage:
-        problems.append(("environment.deepspeed_stage", "DeepSpeed is not available yet; use 0"))
+        problems.append(("environment.deepspeed_stage",
+                         "DeepSpeed is not installed; use 0 (multi-process DDP: environment.num_processes)"
+                         if importlib.util.find_spec("deepspeed") is None else
+                         "DeepSpeed is installed but not supported by this trainer yet; use 0 "
+                         "(multi-process DDP: environment.num_processes)"))
     if env.gpus and not cuda:
         problems.append(("environment.gpus", "GPU indices were given but no CUDA GPU is visible"))
     return problems

@@ -4,6 +4,10 @@
     llm-studio train --resume NAME                                  # continue from the latest checkpoint
     python -m llm_studio.train ...                                  # the same flags, as a module
 
+More than one process (environment.num_processes > 1, or several GPUs): after the checks below, the
+command relaunches itself under torchrun with the resolved name, one DDP rank per process; rank 0
+writes everything (train/distributed.py).
+
 Everything that can be wrong with the request (config fields, options this machine cannot run, Neptune
 token, experiment name, dataset) is checked first and raises `LLMStudioError` before anything exists:
 the CLI prints it as one line and exits 2. Then the experiment folder and store row are created and
@@ -31,7 +35,7 @@ from typing import Any, Callable
 from llm_studio.config import load_config, save_config
 from llm_studio.config.schema import ExperimentConfig
 from llm_studio.errors import ConfigError, LLMStudioError, NameTakenError, NotFoundError
-from llm_studio.paths import atomic_write_text, check_name, experiments_dir
+from llm_studio.paths import atomic_write_text, check_name, default_experiment_name, experiments_dir
 
 STOP_AFTER_STEP_ENV = "LLM_STUDIO_STOP_AFTER_STEP"
 JOB_ID_ENV = "LLM_STUDIO_JOB_ID"
@@ -50,17 +54,19 @@ class RunRequest:
     job_id: str | None
 
 
-def default_name(config_path: str | Path) -> str:
-    return f"{Path(config_path).stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
 def train_command(config_path: str | None, name: str | None, overrides: list[str], resume: str | None) -> int:
     """Run one experiment in the foreground; the exit code (0 finished/stopped, 1 failed).
 
     Raises LLMStudioError (ConfigError, NameTakenError, NotFoundError...) for a request that cannot
     start; nothing has been created then.
     """
-    return execute(prepare(config_path, name, overrides or [], resume))
+    from llm_studio.train import distributed
+
+    req = prepare(config_path, name, overrides or [], resume)
+    if distributed.should_relaunch(req.cfg):  # more than one process: the same command under torchrun
+        args = distributed.train_args(config_path, req.name, overrides or [], resume)
+        return distributed.relaunch(req.cfg, args, req.store, req.name)
+    return execute(req)
 
 
 # --- checks (nothing is created here) --------------------------------------------------------------
@@ -87,7 +93,7 @@ def prepare(config_path: str | None, name: str | None, overrides: list[str], res
         if not config_path:
             raise LLMStudioError("give a CONFIG file to train, or --resume NAME")
         cfg = load_config(config_path, overrides)  # every bad field, named
-        name = check_name(name or default_name(config_path), "experiment name")
+        name = check_name(name or default_experiment_name(config_path), "experiment name")
         exp_dir = experiments_dir() / name
         source = Path(config_path)
     _check_machine(cfg, str(source))
@@ -185,7 +191,8 @@ def execute(req: RunRequest) -> int:
     reporter.start_heartbeat(on_stop_request=lambda: stop.request("the runner asked this run to stop"))
     verb = f"resuming from {req.resume_from.name}" if req.resume_from else ("restarting (no checkpoint)"
                                                                           if req.resuming else "starting")
-    reporter.info(f"{verb} experiment {name} (pid {os.getpid()}) in {exp_dir}", event=True)
+    reporter.info(f"{verb} experiment {name} (pid {os.getpid()}, {distributed.describe()}) in {exp_dir}",
+                  event=True)
 
     recipe = TrainRecipe(cfg, exp_dir=exp_dir, reporter=reporter, resume_from=req.resume_from, stop=stop)
     status, error, code = "failed", None, 1
@@ -200,6 +207,8 @@ def execute(req: RunRequest) -> int:
     except Exception as e:  # noqa: BLE001 - every failure ends the run as `failed`, with its reason
         status, error, code = "failed", f"{e.__class__.__name__}: {_one_line(e)}", 1
         reporter.error(f"run failed: {error}", exc_info=True)  # the traceback goes to train.log
+        if not dist.is_main:  # other ranks do not write train.log: their reason goes to stderr
+            print(f"rank {dist.rank} failed: {error}", file=sys.stderr)
     finally:
         _restore_signal_handlers(previous)
         finished = datetime.now(timezone.utc)

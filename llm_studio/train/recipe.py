@@ -45,7 +45,7 @@ from llm_studio.train import distributed
 from llm_studio.train.checkpoint import (Progress, best_checkpoint, load_training_state, prune_checkpoints,
                                          read_state, restore_rng, save_checkpoint)
 from llm_studio.train.evaluate import EvalResult, evaluate
-from llm_studio.train.loss import label_token_count, token_loss_sum
+from llm_studio.train.loss import IGNORE_INDEX, label_token_count, token_loss_sum
 from llm_studio.train.metrics import higher_is_better
 from llm_studio.train.optim import build_optimizer, build_scheduler, trainable_parameters
 
@@ -240,7 +240,7 @@ class TrainRecipe:
         """Run until the last step ("finished") or a stop request ("stopped")."""
         tr = self.cfg.training
         p = self.progress
-        if self.stop.requested:  # SIGTERM during setup: nothing new to save
+        if distributed.stop_due(self.stop):  # SIGTERM during setup: nothing new to save
             self.reporter.info(f"{self.stop.reason}: stopping before the first step", event=True)
             return "stopped"
         self.reporter.info(f"training from step {p.global_step} to {self.total_steps}", event=True)
@@ -269,7 +269,7 @@ class TrainRecipe:
             eta = (self.total_steps - step) / rate if rate else None
             self.reporter.progress(step, self.total_steps, elapsed_s=elapsed, eta_s=eta, rate=rate,
                                    postfix=f"loss {self.reporter.latest.get('train/loss', float('nan')):.4f}")
-            if self.stop.due(step):
+            if distributed.stop_due(self.stop, step):
                 return self._stopped(step, window, epoch)
             if last:
                 break
@@ -278,7 +278,7 @@ class TrainRecipe:
                 self._evaluate(step, epoch)
             if (step % tr.save_every == 0) if tr.save_every else eval_due:
                 self._save(step)
-            if self.stop.due(step):  # arrived during the evaluation or the save
+            if distributed.stop_due(self.stop, step):  # arrived during the evaluation or the save
                 return self._stopped(step, window, epoch)
 
         step, epoch = p.global_step, p.epoch + p.batch_index / max(1, len(self._plan(p.epoch)))
@@ -292,9 +292,12 @@ class TrainRecipe:
     def _train_step(self, group: list[list[list[int]]], window: _Window) -> None:
         """One optimizer step over the micro-batches in `group` (gradient accumulation)."""
         t0 = time.perf_counter()
-        micro = [self._collate(rows) for rows in group]
+        micro = [self._collate_share(rows) for rows in group]
         # Count on the CPU copies of the labels: the normaliser is known before any forward, with no device sync.
-        n_label = distributed.all_reduce_sum(sum(label_token_count(m.labels) for m in micro))
+        # Under DDP: summed over the ranks' shares of the step.
+        n_label, real, computed = distributed.all_reduce_sum([sum(label_token_count(m.labels) for m in micro),
+                                                              sum(m.real_tokens for m in micro),
+                                                              sum(m.computed_tokens for m in micro)])
         denom = max(1, n_label)
         step_loss = torch.zeros((), device=self.device, dtype=torch.float32)
         for i, m in enumerate(micro):
@@ -323,9 +326,8 @@ class TrainRecipe:
         window.loss_sum = step_loss if window.loss_sum is None else window.loss_sum + step_loss
         window.grad_norm = grad_norm.detach()
         window.label_tokens += n_label
-        real = sum(m.real_tokens for m in micro)
         window.real_tokens += real
-        window.computed_tokens += sum(m.computed_tokens for m in micro)
+        window.computed_tokens += computed
         window.seconds += time.perf_counter() - t0
         self.train_tokens += real
 
@@ -337,6 +339,15 @@ class TrainRecipe:
         labels = inputs.pop("labels")
         return _Micro(inputs, labels, int(out["n_real_tokens"]), int(out["n_computed_tokens"]))
 
+    def _collate_share(self, rows: list[list[int]]) -> _Micro:
+        """This rank's rows of a micro-batch (all of them in one process); a stand-in adds no labels."""
+        mine, real = distributed.share(rows)
+        m = self._collate(mine)
+        if not real:
+            m.labels.fill_(IGNORE_INDEX)
+            m.real_tokens = m.computed_tokens = 0
+        return m
+
     @contextlib.contextmanager
     def _autocast(self) -> Iterator[None]:
         if self.autocast_dtype is None:
@@ -347,7 +358,8 @@ class TrainRecipe:
 
     def _log_train(self, w: _Window, step: int, epoch: float) -> None:
         t0 = time.perf_counter()
-        loss = w.loss_sum.item() / max(1, w.label_tokens)  # CPU-GPU sync point: only on log steps
+        loss_sum = distributed.all_reduce_sum(w.loss_sum)  # over ranks (a collective: every rank logs)
+        loss = loss_sum.item() / max(1, w.label_tokens)  # CPU-GPU sync point: only on log steps
         grad_norm = w.grad_norm.item()
         w.seconds += time.perf_counter() - t0  # the wait for queued GPU work belongs to the window
         self.train_seconds += w.seconds
@@ -371,6 +383,9 @@ class TrainRecipe:
         self.last_eval_step = step
         if not self.valid_examples and not self.valid_conversations:
             return None
+        if not self.dist.is_main:  # rank 0 evaluates; the others wait for it
+            distributed.barrier()
+            return None
         ev, tr = self.cfg.evaluation, self.cfg.training
         loss_batches = ({"inputs": {**m.inputs, "labels": m.labels}}
                         for m in (self._collate(rows, self.valid_examples, packed=False)
@@ -387,6 +402,7 @@ class TrainRecipe:
         shown = " | ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in result.metrics.items())
         self.reporter.info(f"evaluation at step {step}: {shown} ({result.seconds:.1f}s)", event=True)
         self._last_eval_metrics = result.metrics
+        distributed.barrier()
         return result
 
     def _update_best(self, step: int, values: dict[str, float]) -> None:
