@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
+
+from ui_helpers import CHROMIUM, Studio, UserPage, launch_browser
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,3 +43,41 @@ def cli_env(home: Path, **extra: str) -> dict[str, str]:
 
 def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "llm_studio.cli", *args]
+
+
+# --- the studio in a browser: one Wave server and one Chromium per session, for every UI test module ---
+
+@pytest.fixture(scope="session")
+def studio(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Studio]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"Chromium not found at {CHROMIUM} (run `make browser`)")
+    root = tmp_path_factory.mktemp("studio")
+    home = root / "workspace"
+    (home / "models").mkdir(parents=True)
+    os.symlink(tiny_model_dir, home / "models" / "tiny-llama")  # built once per session
+    with Studio(home, log_path=root / "studio.log") as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def browser(studio: Studio) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = launch_browser(p)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def ws(studio: Studio, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test process works in the studio's workspace (to check and prepare what the studio shows)."""
+    monkeypatch.setenv("LLM_STUDIO_HOME", str(studio.home))
+    return studio.home
+
+
+@pytest.fixture
+def user(browser: Any, studio: Studio) -> Iterator[UserPage]:
+    u = UserPage(browser, studio)
+    yield u
+    u.close()

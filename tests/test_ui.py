@@ -11,26 +11,23 @@ UI process never imports model code.
 
 from __future__ import annotations
 
-import os
 import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from playwright.sync_api import expect
 
-from ui_helpers import CHROMIUM, REPO, Studio, WaveFrames, launch_browser
+from ui_helpers import CHROMIUM, REPO, UI_TIMEOUT_MS, UserPage
 
 TINY = REPO / "experiments" / "tiny-sft.yaml"
 SAMPLE_CSV = REPO / "llm_studio" / "data" / "sample" / "train.csv"
 LONG = ["training.max_steps=100000", "training.log_every=1", "training.eval_every=100000",
         "training.save_every=100000", "evaluation.num_predictions=0"]
 RUN_TIMEOUT_S = 300  # generous: the machine's 2 cores are shared with other test runs
-UI_TIMEOUT_MS = 30_000
-SHOTS = os.environ.get("LLM_STUDIO_SCREENSHOTS")
 
 needs_browser = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                    reason=f"Chromium not found at {CHROMIUM} (run `make browser`)")
@@ -120,95 +117,6 @@ def test_the_ui_process_imports_no_model_code() -> None:
 
 
 # --- the studio in a browser -------------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def studio(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Studio]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"Chromium not found at {CHROMIUM} (run `make browser`)")
-    root = tmp_path_factory.mktemp("studio")
-    home = root / "workspace"
-    (home / "models").mkdir(parents=True)
-    os.symlink(tiny_model_dir, home / "models" / "tiny-llama")  # built once per session
-    with Studio(home, log_path=root / "studio.log") as s:
-        yield s
-
-
-@pytest.fixture(scope="session")
-def browser(studio: Studio) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch_browser(p)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def ws(studio: Studio, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """This test process works in the studio's workspace (to check and prepare what the studio shows)."""
-    monkeypatch.setenv("LLM_STUDIO_HOME", str(studio.home))
-    return studio.home
-
-
-class UserPage:
-    """A browser tab on the studio, with the Wave traffic recorded and page errors collected."""
-
-    def __init__(self, browser: Any, studio: Studio):
-        self.page = browser.new_page(viewport={"width": 1440, "height": 1000})
-        self.page.set_default_timeout(UI_TIMEOUT_MS)
-        self.frames = WaveFrames(self.page)
-        self.errors: list[str] = []
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.url = studio.url
-
-    def open(self, hash_: str) -> "UserPage":
-        self.page.goto(f"{self.url}/{hash_}")
-        self.page.wait_for_selector("[data-test=nav]")
-        return self
-
-    def el(self, name: str, state: str = "visible") -> Any:
-        return self.page.wait_for_selector(f"[data-test={name}]", state=state)
-
-    def text(self, name: str) -> str:
-        return self.el(name).inner_text()
-
-    def see(self, name: str, *texts: str, timeout_s: float = UI_TIMEOUT_MS / 1000) -> str:
-        """Wait until the element shows every text (pages update asynchronously), then return its text."""
-        locator = self.page.locator(f"[data-test={name}]").first
-        for t in texts:
-            expect(locator).to_contain_text(t, timeout=timeout_s * 1000)
-        return locator.inner_text()
-
-    def value(self, name: str) -> str:
-        """The value of an input (text box, spin box, read-only text area)."""
-        return self.el(name).input_value()
-
-    def click(self, name: str) -> None:
-        self.page.click(f"[data-test={name}]")
-
-    def nav(self, label: str) -> None:
-        self.page.click(f"[data-test=nav] >> text={label}")
-
-    def no_error_shown(self) -> None:
-        assert self.page.query_selector("[data-test=error_card]") is None, self.page.inner_text("body")[:2000]
-        assert not self.errors, self.errors
-
-    def shot(self, name: str) -> None:
-        if SHOTS:
-            Path(SHOTS).mkdir(parents=True, exist_ok=True)
-            time.sleep(1.0)  # let charts finish drawing
-            self.page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
-
-    def close(self) -> None:
-        self.page.close()
-
-
-@pytest.fixture
-def user(browser: Any, studio: Studio) -> Iterator[UserPage]:
-    u = UserPage(browser, studio)
-    yield u
-    u.close()
-
 
 def close_dialog(user: UserPage) -> None:
     user.click("dialog_cancel")
@@ -446,8 +354,8 @@ def test_every_page_opens_by_link_and_by_the_back_button(user: UserPage, ws: Pat
          "experiment-predictions"),
         (lambda: user.page.click("[data-test=exp_tabs] >> text=Config"), "exp_config_text", "experiment-config"),
         (lambda: user.page.click("[data-test=exp_tabs] >> text=Summary"), "exp_usage_text", "experiment-summary"),
-        (lambda: user.page.click("[data-test=exp_tabs] >> text=Chat"), "exp_chat_coming", None),
-        (lambda: user.page.click("[data-test=exp_tabs] >> text=Export"), "exp_export_coming", None),
+        (lambda: user.page.click("[data-test=exp_tabs] >> text=Chat"), "exp_chatbot|exp_chat_wait", None),
+        (lambda: user.page.click("[data-test=exp_tabs] >> text=Export"), "export_zip", None),
         (lambda: user.nav("Compare"), "compare_pick", None),
         (lambda: user.nav("Settings"), "settings_cpu_slots", "settings"),
         (lambda: user.nav("Home"), "home_workspace", "home"),
@@ -475,12 +383,13 @@ def test_clone_with_changes_then_delete_with_confirmation(user: UserPage, ws: Pa
     from llm_studio.store import Store
 
     _ensure_experiment("first", ["training.max_steps=6"])
+    parent_steps = load_config(ws / "experiments" / "first" / "config.yaml").training.max_steps
     user.open("#experiment/first")
     user.click("exp_clone")
     user.el("cfg_training__learning_rate")
     user.see("new_head", "Clone first with changes")
     assert user.value("new_name") == "first-2"
-    assert user.value("cfg_training__max_steps") == "6"  # the parent's saved config
+    assert user.value("cfg_training__max_steps") == str(parent_steps)  # the parent's saved config
     user.page.fill("[data-test=cfg_training__learning_rate]", "0.001")
     user.click("new_show_yaml")
     cli = user.value("new_cli_out")
@@ -489,7 +398,7 @@ def test_clone_with_changes_then_delete_with_confirmation(user: UserPage, ws: Pa
     user.click("new_start")
     user.page.wait_for_url("**#experiment/first-2")
     cfg = load_config(ws / "experiments" / "first-2" / "config.yaml")
-    assert cfg.training.learning_rate == 0.001 and cfg.training.max_steps == 6
+    assert cfg.training.learning_rate == 0.001 and cfg.training.max_steps == parent_steps
     assert Store(ws / "llm_studio.db").get_experiment("first-2").parent_name == "first"
     user.click("exp_delete")
     assert "Delete experiment first-2?" in user.page.inner_text(".ms-Dialog-main")

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, cli, cli_env
-from test_ui import UserPage, browser, needs_browser, studio, user, wait_for, ws  # noqa: F401 - fixtures
+from test_ui import needs_browser, wait_for
+from ui_helpers import UserPage
 
 pytestmark = [needs_browser, pytest.mark.browser]
 

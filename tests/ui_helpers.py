@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+UI_TIMEOUT_MS = 30_000
+SHOTS = os.environ.get("LLM_STUDIO_SCREENSHOTS")  # a folder: save a screenshot of each page there
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -141,3 +143,60 @@ class WaveFrames:
                 elif key == card and "d" not in op and "v" not in op:  # the card was deleted
                     rows = []
         return rows
+
+
+class UserPage:
+    """A browser tab on the studio, with the Wave traffic recorded and page errors collected."""
+
+    def __init__(self, browser: Any, studio: Studio):
+        self.page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        self.page.set_default_timeout(UI_TIMEOUT_MS)
+        self.frames = WaveFrames(self.page)
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.url = studio.url
+
+    def open(self, hash_: str) -> "UserPage":
+        self.page.goto(f"{self.url}/{hash_}")
+        self.page.wait_for_selector("[data-test=nav]")
+        return self
+
+    def el(self, name: str, state: str = "visible") -> Any:
+        """The element named `name` ("a|b": whichever of the two shows first)."""
+        selector = ", ".join(f"[data-test={n}]" for n in name.split("|"))
+        return self.page.wait_for_selector(selector, state=state)
+
+    def text(self, name: str) -> str:
+        return self.el(name).inner_text()
+
+    def see(self, name: str, *texts: str, timeout_s: float = UI_TIMEOUT_MS / 1000) -> str:
+        """Wait until the element shows every text (pages update asynchronously), then return its text."""
+        locator = self.page.locator(f"[data-test={name}]").first
+        from playwright.sync_api import expect
+
+        for t in texts:
+            expect(locator).to_contain_text(t, timeout=timeout_s * 1000)
+        return locator.inner_text()
+
+    def value(self, name: str) -> str:
+        """The value of an input (text box, spin box, read-only text area)."""
+        return self.el(name).input_value()
+
+    def click(self, name: str) -> None:
+        self.page.click(f"[data-test={name}]")
+
+    def nav(self, label: str) -> None:
+        self.page.click(f"[data-test=nav] >> text={label}")
+
+    def no_error_shown(self) -> None:
+        assert self.page.query_selector("[data-test=error_card]") is None, self.page.inner_text("body")[:2000]
+        assert not self.errors, self.errors
+
+    def shot(self, name: str) -> None:
+        if SHOTS:
+            Path(SHOTS).mkdir(parents=True, exist_ok=True)
+            time.sleep(1.0)  # let charts finish drawing
+            self.page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
+
+    def close(self) -> None:
+        self.page.close()
