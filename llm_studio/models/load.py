@@ -112,18 +112,31 @@ def hardware_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
                          f"{training.optimizer} (bitsandbytes) needs a CUDA GPU; use 'adamw' on CPU"))
     if model.quantization != "none" and importlib.util.find_spec("bitsandbytes") is None:
         problems.append(("model.quantization", "needs the bitsandbytes package, which is not installed"))
-    # num_processes > 1 runs DDP under torchrun (llm_studio/train/distributed.py); DeepSpeed is not wired in
+    # num_processes > 1 runs DDP under torchrun (llm_studio/train/distributed.py), or ZeRO with deepspeed_stage
     if env.num_processes > 1 and on_gpu and env.num_processes > torch.cuda.device_count():
         problems.append(("environment.num_processes", f"{env.num_processes} processes (one per GPU) but only "
                          f"{torch.cuda.device_count()} CUDA GPU(s) are visible"))
     if env.deepspeed_stage:
-        problems.append(("environment.deepspeed_stage",
-                         "DeepSpeed is not installed; use 0 (multi-process DDP: environment.num_processes)"
-                         if importlib.util.find_spec("deepspeed") is None else
-                         "DeepSpeed is installed but not supported by this trainer yet; use 0 "
-                         "(multi-process DDP: environment.num_processes)"))
+        problems += _deepspeed_problems(env, model, on_gpu)
     if env.gpus and not cuda:
         problems.append(("environment.gpus", "GPU indices were given but no CUDA GPU is visible"))
+    return problems
+
+
+def _deepspeed_problems(env: EnvironmentConfig, model: ModelConfig, on_gpu: bool) -> list[tuple[str, str]]:
+    field = "environment.deepspeed_stage"
+    if importlib.util.find_spec("deepspeed") is None:
+        return [(field, "DeepSpeed is not installed (`DS_BUILD_OPS=0 pip install deepspeed`); use 0 "
+                        "(multi-process DDP: environment.num_processes)")]
+    problems = []
+    # fp16 autocast needs a loss scaler that DeepSpeed's ZeRO optimizer would have to own
+    if on_gpu and (env.mixed_precision == "fp16" or (env.mixed_precision == "auto" and not bf16_supported())):
+        problems.append(("environment.mixed_precision", "DeepSpeed runs use bf16 or fp32 autocast; this GPU "
+                         "has no bf16: set mixed_precision 'no' or deepspeed_stage 0"))
+    if model.quantization != "none" and env.deepspeed_stage == 3:
+        problems.append((field, "ZeRO-3 cannot shard 4/8-bit quantized weights; use stage 2 or quantization none"))
+    if env.compile:
+        problems.append(("environment.compile", "torch.compile is not used with DeepSpeed; turn one of them off"))
     return problems
 
 

@@ -74,13 +74,16 @@ def step_dir(root: Path, step: int) -> Path:
     return Path(root) / f"{PREFIX}{step}"
 
 
-def save_checkpoint(root: Path, *, model: torch.nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer,
+def save_checkpoint(root: Path, *, model: torch.nn.Module, tokenizer: Any, optimizer: torch.optim.Optimizer | None,
                     scheduler: Any, progress: Progress, metrics: dict[str, float] | None = None,
-                    extra: dict[str, Any] | None = None, extra_state: dict[str, Any] | None = None) -> Path:
+                    extra: dict[str, Any] | None = None, extra_state: dict[str, Any] | None = None,
+                    move_in: dict[str, Path] | None = None) -> Path:
     """Write `root/step-<global_step>/` atomically and return it. Replaces a checkpoint of the same step.
 
     `metrics` are the evaluation results at this step (they make it a candidate for "best"); `extra`
-    goes into state.json, `extra_state` into training_state.pt (e.g. a GradScaler's state).
+    goes into state.json, `extra_state` into training_state.pt (e.g. a GradScaler's state). `optimizer`
+    is None when its state is saved elsewhere: `move_in` {name: folder} moves such folders (DeepSpeed's
+    sharded state) inside before the rename, so they too are all there or not at all.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -92,9 +95,12 @@ def save_checkpoint(root: Path, *, model: torch.nn.Module, tokenizer: Any, optim
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        optimizer_state = {"optimizer": optimizer.state_dict()} if optimizer is not None else {}
+        torch.save({**optimizer_state, "scheduler": scheduler.state_dict(),
                     "rng": capture_rng(), "progress": asdict(progress), **(extra_state or {})},
                    tmp / TRAINING_STATE_FILE)
+        for name, folder in (move_in or {}).items():
+            os.replace(folder, tmp / name)
         state = {**asdict(progress), "metrics": dict(metrics or {}), **(extra or {})}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
         _fsync_dir_files(tmp)

@@ -1,6 +1,7 @@
-"""Process-group setup and rank handling, kept in one place (DDP over torchrun; DeepSpeed is not supported).
+"""Process-group setup and rank handling, kept in one place (DDP or DeepSpeed ZeRO over torchrun).
 
-A run asking for more than one process (`environment.num_processes > 1` on CPU, or more than one GPU)
+A run asking for more than one process (`environment.num_processes > 1` on CPU, or more than one GPU),
+or for DeepSpeed (`environment.deepspeed_stage`, which wraps the model instead of DDP: train/zero.py),
 is relaunched by `llm-studio train` under torchrun with the same arguments and its resolved experiment
 name (`relaunch()`); the marker env var LLM_STUDIO_DDP stops the workers from relaunching again. Then:
 
@@ -73,7 +74,8 @@ def processes_wanted(cfg: Any) -> int:
 
 
 def should_relaunch(cfg: Any) -> bool:
-    return processes_wanted(cfg) > 1 and not os.environ.get(MARKER_ENV) and "WORLD_SIZE" not in os.environ
+    wanted = processes_wanted(cfg) > 1 or cfg.environment.deepspeed_stage > 0  # DeepSpeed reads torchrun's env
+    return wanted and not os.environ.get(MARKER_ENV) and "WORLD_SIZE" not in os.environ
 
 
 def train_args(config_path: str | None, name: str, overrides: list[str], resume: str | None) -> list[str]:

@@ -48,6 +48,7 @@ from llm_studio.train.evaluate import EvalResult, evaluate
 from llm_studio.train.loss import IGNORE_INDEX, label_token_count, token_loss_sum
 from llm_studio.train.metrics import higher_is_better
 from llm_studio.train.optim import build_optimizer, build_scheduler, trainable_parameters
+from llm_studio.train.zero import ZERO_FOLDER, ZeroEngine
 
 
 @dataclass
@@ -158,7 +159,8 @@ class TrainRecipe:
         self.model = loaded.model          # unwrapped: what is saved and what generates
         self.tokenizer = loaded.tokenizer
         self.backbone = loaded.backbone
-        self.train_model = distributed.wrap_model(maybe_compile(self.model, env))  # what the loop calls
+        self.zero: ZeroEngine | None = None  # DeepSpeed: wraps the model once the optimizer exists
+        self.train_model = self.model if env.deepspeed_stage else distributed.wrap_model(maybe_compile(self.model, env))
         self.model.train()
         self.trainable = trainable_parameters(self.model)
         # flash-attention finds packed examples only in a single row (varlen kernels): flatten the batch;
@@ -212,12 +214,22 @@ class TrainRecipe:
     def _setup_optimizer(self, tr: TrainingConfig) -> None:
         self.optimizer = build_optimizer(self.model, tr, self.device)
         self.scheduler = build_scheduler(self.optimizer, tr, self.total_steps)
+        if self.cfg.environment.deepspeed_stage:
+            self.zero = ZeroEngine(self.model, self.optimizer, self.cfg)
+            self.train_model = self.zero
+            self.reporter.info(f"DeepSpeed ZeRO-{self.zero.stage} engine over {self.zero.world_size} process(es)")
         # fp16 autocast needs loss scaling; bf16 and fp32 do not
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
 
     def _restore(self, path: Path) -> None:
         state = load_training_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        restored = self.zero.load(path) if self.zero is not None else "optimizer" in state
+        if self.zero is None and restored:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if not restored:  # saved with DeepSpeed and resumed without it, or the reverse
+            self.reporter.info(f"{Path(path).name} has no optimizer state for this setup "
+                               f"(deepspeed_stage {self.cfg.environment.deepspeed_stage}): "
+                               "the optimizer restarts, weights, schedule and data position continue", event=True)
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -303,13 +315,32 @@ class TrainRecipe:
         for i, m in enumerate(micro):
             inputs = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in m.inputs.items()}
             labels = m.labels.to(self.device, non_blocking=True)
-            with distributed.no_sync(self.train_model, last_micro_batch=i == len(micro) - 1):
+            last = i == len(micro) - 1
+            with distributed.no_sync(self.train_model, last_micro_batch=last) if self.zero is None \
+                    else contextlib.nullcontext():
                 with self._autocast():
                     logits = self.train_model(**inputs).logits
                 loss_sum = token_loss_sum(logits, labels)
                 loss = loss_sum / denom  # every label token of the step weighs the same
-                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+                if self.zero is not None:
+                    self.zero.backward(loss, last)
+                else:
+                    (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
             step_loss += loss_sum.detach()
+        window.lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses (a Python float)
+        grad_norm = self.zero.step() if self.zero is not None else self._optimizer_step()
+        self.scheduler.step()
+
+        window.loss_sum = step_loss if window.loss_sum is None else window.loss_sum + step_loss
+        window.grad_norm = grad_norm.detach()
+        window.label_tokens += n_label
+        window.real_tokens += real
+        window.computed_tokens += computed
+        window.seconds += time.perf_counter() - t0
+        self.train_tokens += real
+
+    def _optimizer_step(self) -> torch.Tensor:
+        """Unscale, clip, step and clear the gradients; the norm before clipping."""
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.training.max_grad_norm or float("inf")  # inf: only measure the norm
@@ -319,17 +350,8 @@ class TrainRecipe:
             self.scaler.update()
         else:
             self.optimizer.step()
-        window.lr = self.optimizer.param_groups[0]["lr"]  # the rate this step used (a Python float)
-        self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-
-        window.loss_sum = step_loss if window.loss_sum is None else window.loss_sum + step_loss
-        window.grad_norm = grad_norm.detach()
-        window.label_tokens += n_label
-        window.real_tokens += real
-        window.computed_tokens += computed
-        window.seconds += time.perf_counter() - t0
-        self.train_tokens += real
+        return grad_norm
 
     def _collate(self, rows: list[list[int]], examples: list | None = None, packed: bool | None = None) -> _Micro:
         packed = self.cfg.training.packing if packed is None else packed
@@ -383,7 +405,8 @@ class TrainRecipe:
         self.last_eval_step = step
         if not self.valid_examples and not self.valid_conversations:
             return None
-        if not self.dist.is_main:  # rank 0 evaluates; the others wait for it
+        every_rank = self.zero is not None and self.zero.stage == 3  # sharded parameters: all ranks run the forwards
+        if not self.dist.is_main and not every_rank:  # rank 0 evaluates; the others wait for it
             distributed.barrier()
             return None
         ev, tr = self.cfg.evaluation, self.cfg.training
@@ -394,7 +417,7 @@ class TrainRecipe:
                           conversations=self.valid_conversations, dataset_cfg=self.cfg.dataset,
                           gen_cfg=self.cfg.generation, metric_names=ev.metrics, num_predictions=ev.num_predictions,
                           batch_size=max(tr.batch_size, 8), seed=tr.seed, device=self.device, autocast=self._autocast)
-        self.reporter.metrics(step, result.metrics, epoch=epoch)
+        self.reporter.metrics(step, result.metrics, epoch=epoch)  # the reporter of other ranks writes nothing
         self._update_best(step, result.metrics)
         if result.predictions:
             self._write_predictions(step, result.predictions)
@@ -427,10 +450,16 @@ class TrainRecipe:
     # ====================================================================================== checkpoints
 
     def _save(self, step: int) -> Path | None:
+        """Rank 0 writes the checkpoint; under DeepSpeed every rank first writes its optimizer shard."""
         self.last_save_step = step
-        if not self.dist.is_main:
-            return None
         t0 = time.perf_counter()
+        staged = self.zero.stage_checkpoint(self.checkpoint_dir, step) if self.zero is not None else None
+        with self.zero.full_parameters() if self.zero is not None else contextlib.nullcontext():
+            path = self._write_checkpoint(step, staged, t0) if self.dist.is_main else None
+            distributed.barrier()
+        return path
+
+    def _write_checkpoint(self, step: int, staged: Path | None, t0: float) -> Path:
         metrics = self._last_eval_metrics if self.last_eval_step == step else {}
         extra = {"backbone": self.backbone, "adapter": self.cfg.adapter.type, "best_metrics": self.best_metrics,
                  "best_step": self.best_step, "latest_metrics": dict(self.reporter.latest),
@@ -438,8 +467,9 @@ class TrainRecipe:
                  "total_steps": self.total_steps}
         extra_state = {"scaler": self.scaler.state_dict()} if self.scaler is not None else None
         path = save_checkpoint(self.checkpoint_dir, model=self.model, tokenizer=self.tokenizer,
-                               optimizer=self.optimizer, scheduler=self.scheduler, progress=self.progress,
-                               metrics=metrics, extra=extra, extra_state=extra_state)
+                               optimizer=None if staged else self.optimizer, scheduler=self.scheduler,
+                               progress=self.progress, metrics=metrics, extra=extra, extra_state=extra_state,
+                               move_in={ZERO_FOLDER: staged} if staged else None)
         removed = prune_checkpoints(self.checkpoint_dir, self.cfg.training.keep_checkpoints,
                                     f"validation/{self.cfg.evaluation.best_metric}")
         self.last_checkpoint = path
