@@ -7,7 +7,7 @@ the same steps, seed, learning rate (constant 2e-4), clipping (1.0) and fp32 eve
   trl_padded   TRL SFTTrainer, padded batches (packing=False)
   trl_packed   TRL SFTTrainer, packing=True (TRL's default BFD packing, padding-free)
   bare_loop    a plain PyTorch loop: shuffled padded batches, the model's own loss, AdamW
-  engine       the studio's engine: TrainRecipe._train_step on plan_batches(packing=True,
+  engine       the studio's engine: TrainRecipe.train_step on plan_batches(packing=True,
                group_by_length=True) + collate, its loss (train/loss.py) and optimizer (train/optim.py)
 
 For each: real (non-pad) tokens/s, the fraction of computed tokens that are real, peak memory (RSS sampled
@@ -229,13 +229,11 @@ def run_bare(model, tok, examples, a, device) -> dict[str, Any]:
 
 
 def run_engine(model, tok, examples, a, device) -> dict[str, Any]:
-    """The real engine's step (TrainRecipe._train_step): its collate, loss, clipping, optimizer and schedule."""
+    """The real engine's step (TrainRecipe.train_step): its collate, loss, clipping, optimizer and schedule."""
     from llm_studio.config.schema import (DatasetConfig, EnvironmentConfig, ExperimentConfig,
                                           TrainingConfig)
-    from llm_studio.models.load import autocast_dtype
-    from llm_studio.train import distributed
-    from llm_studio.train.optim import trainable_parameters
-    from llm_studio.train.recipe import TrainRecipe, _Window
+    from llm_studio.train.recipe import TrainRecipe
+    from llm_studio.train.run_state import StepWindow
 
     n_steps = a.warmup + a.steps
     cfg = ExperimentConfig(
@@ -245,33 +243,20 @@ def run_engine(model, tok, examples, a, device) -> dict[str, Any]:
                                 max_grad_norm=1.0, seed=a.seed),
         environment=EnvironmentConfig(device=device.type, mixed_precision="no"))
     with tempfile.TemporaryDirectory() as out:
-        r = TrainRecipe(cfg, exp_dir=Path(out), reporter=None)  # _train_step never reports
-        # what setup() does, minus reading a stored dataset and loading a stored backbone
-        r.dist = distributed.current()
-        r.device = device
-        r.autocast_dtype = autocast_dtype(cfg.environment, device)
-        r.model = model.to(device)
-        r.train_model = model
-        r.model.train()
-        r.trainable = trainable_parameters(model)
-        r.flatten_packed = False
-        r.pad_id = tok.pad_token_id
-        r.train_examples = examples
-        r.train_lengths = [len(e.input_ids) for e in examples]
-        r.total_steps = n_steps
-        r._setup_optimizer(cfg.training)
+        r = TrainRecipe.from_memory(cfg, model=model, tokenizer=tok, train_examples=examples, device=device,
+                                    exp_dir=Path(out))
         step_s, real, computed, losses = [], [], [], []
         epoch, index = 0, 0
         with PeakMemory(device) as mem:
             for _ in range(n_steps):
-                batches = r._plan(epoch)  # planned once per epoch (cached), as in train()
+                batches = r.plan(epoch)  # planned once per epoch (cached), as in train()
                 if index >= len(batches):
                     epoch, index = epoch + 1, 0
-                    batches = r._plan(epoch)
-                w = _Window()
+                    batches = r.plan(epoch)
+                w = StepWindow()
                 sync(device)
                 t0 = time.perf_counter()
-                r._train_step(batches[index:index + 1], w)
+                r.train_step(batches[index:index + 1], w)
                 losses.append(w.loss_sum.item() / max(1, w.label_tokens))
                 step_s.append(time.perf_counter() - t0)
                 real.append(w.real_tokens)

@@ -171,6 +171,17 @@ def test_latest_metrics_follow_the_highest_step_and_the_later_insert_on_ties(wor
     assert store.metric_names("run-1") == ["train/loss", "validation/loss"]
 
 
+def test_dropping_the_steps_after_a_checkpoint_rebuilds_the_latest_values(workspace: Path) -> None:
+    store = Store()
+    store.create_experiment("run-1", "c.yaml")
+    store.log_metrics("run-1", [MetricPoint("train/loss", s, 1.0 / s) for s in range(1, 6)]
+                      + [MetricPoint("validation/loss", 4, 0.4)])
+    assert store.delete_metrics_after("run-1", 3) == 3
+    assert [p.step for p in store.get_metrics("run-1")] == [1, 2, 3]
+    assert store.latest_metrics("run-1") == {"train/loss": pytest.approx(1 / 3)}  # validation/loss is gone
+    assert store.delete_metrics_after("run-1", 3) == 0
+
+
 def test_polling_with_the_last_id_returns_only_new_points(workspace: Path) -> None:
     store = Store()
     store.create_experiment("run-1", "c.yaml")

@@ -252,3 +252,15 @@ def collate(examples: Sequence[Example], rows: Sequence[Sequence[int]], pad_id: 
 def to_device(inputs: dict[str, Any], device: Any) -> dict[str, Any]:
     """Move the tensors of `inputs` to `device`, keeping the other values (use_cache) as they are."""
     return {k: v.to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in inputs.items()}
+
+
+def stats_text(stats: Any) -> str:
+    """A short line of the numeric statistics of `tokenize_conversations`."""
+    if not isinstance(stats, dict):
+        return str(stats)
+    keep = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return ", ".join(keep[:6]) or "no stats"
+
+
+__all__ = ["TrainRecipe", "StopFlag", "memory_mb"]

@@ -357,9 +357,15 @@ def read_records(name: str, split: str = "train") -> list[dict[str, Any]]:
     return pq.read_table(file).to_pylist()
 
 
-def read_split(name: str, split: str = "train") -> list[list[dict[str, str]]]:
-    """The split's conversations, each a list of {"role", "content"} dicts."""
-    return [row["messages"] for row in read_records(name, split)]
+def read_split(name: str, split: str = "train", missing_ok: bool = False) -> list[list[dict[str, str]]]:
+    """The split's conversations, each a list of {"role", "content"} dicts (none for a missing split
+    when `missing_ok`: a dataset without validation rows)."""
+    try:
+        return [row["messages"] for row in read_records(name, split)]
+    except (NotFoundError, FileNotFoundError):
+        if missing_ok:
+            return []
+        raise
 
 
 def delete_dataset(name: str, store: Store | None = None) -> None:

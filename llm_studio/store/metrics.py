@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
@@ -37,6 +37,18 @@ _SERIES_SQL = text(
     FROM ranked JOIN metrics AS m ON m.id = ranked.id
     WHERE ranked.rn = 0 OR (ranked.rn * (:k - 1)) / (:n - 1) > ((ranked.rn - 1) * (:k - 1)) / (:n - 1)
     ORDER BY m.step, m.id
+    """
+)
+
+# The latest point per name (highest step, then the later insert), as log_metrics keeps it.
+_REBUILD_LATEST_SQL = text(
+    """
+    INSERT INTO latest_metrics (experiment_id, name, step, value, time)
+    SELECT experiment_id, name, step, value, time FROM (
+        SELECT experiment_id, name, step, value, time,
+               row_number() OVER (PARTITION BY name ORDER BY step DESC, id DESC) AS rn
+        FROM metrics WHERE experiment_id = :experiment_id
+    ) WHERE rn = 1
     """
 )
 
@@ -99,6 +111,20 @@ class MetricQueries(StoreBase):
             s.execute(upsert, [
                 {k: row[k] for k in ("experiment_id", "name", "step", "value", "time")} for row in latest.values()
             ])
+
+    def delete_metrics_after(self, experiment_name: str, step: int) -> int:
+        """Drop the points of steps after `step` and rebuild the latest-metrics summary; the count dropped.
+
+        A run resumed from step N's checkpoint logs steps N+1.. again: without this, a run killed after
+        its last checkpoint would show those steps twice."""
+        with self._session(write=True) as s:
+            experiment_id = self._experiment(s, experiment_name).id
+            dropped = s.execute(delete(_METRICS).where(_METRICS.c.experiment_id == experiment_id,
+                                                       _METRICS.c.step > step)).rowcount
+            if dropped:
+                s.execute(delete(_LATEST).where(_LATEST.c.experiment_id == experiment_id))
+                s.execute(_REBUILD_LATEST_SQL, {"experiment_id": experiment_id})
+            return dropped
 
     def get_metrics(
         self,

@@ -163,7 +163,8 @@ def _require_dataset(cfg: ExperimentConfig, store: Any) -> None:
 def execute(req: RunRequest) -> int:
     from llm_studio.tracking.reporter import NeptuneSink, Reporter
     from llm_studio.train import distributed
-    from llm_studio.train.recipe import StopFlag, TrainRecipe
+    from llm_studio.train.recipe import TrainRecipe
+    from llm_studio.train.run_state import StopFlag
 
     dist = distributed.setup()
     cfg, name, exp_dir, store = req.cfg, req.name, req.exp_dir, req.store
@@ -177,6 +178,11 @@ def execute(req: RunRequest) -> int:
             store.create_experiment(name, str(config_file), dataset_name=cfg.dataset.name, status="running")
         store.update_experiment(name, status="running", started_at=started, finished_at=None, error=None,
                                 config_path=str(config_file))
+        if req.resuming:  # steps after the checkpoint will be logged again: drop their first logging
+            from llm_studio.train.checkpoint import read_state
+
+            resumed_at = int(read_state(req.resume_from).get("global_step", 0)) if req.resume_from else 0
+            store.delete_metrics_after(name, resumed_at)
 
     reporter = Reporter(name, exp_dir / "train.log", store=store, job_id=req.job_id, enabled=dist.is_main)
     if cfg.logging.neptune_project and dist.is_main:

@@ -26,7 +26,6 @@ import io
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,8 +35,8 @@ import torch
 from llm_studio.config.schema import (AdapterConfig, DatasetConfig, EnvironmentConfig, ExperimentConfig, ModelConfig,
                                       TrainingConfig)
 from llm_studio.data import read_split
-from llm_studio.data.batching import collate, plan_batches, tokenize_conversations
-from llm_studio.errors import DatasetError, NotFoundError
+from llm_studio.data.batching import collate, plan_batches, stats_text, tokenize_conversations
+from llm_studio.errors import DatasetError
 from llm_studio.models.load import autocast_dtype, load_backbone, maybe_compile, resolve_device
 from llm_studio.paths import atomic_write_bytes
 from llm_studio.tracking.reporter import Reporter
@@ -48,58 +47,8 @@ from llm_studio.train.evaluate import EvalResult, evaluate
 from llm_studio.train.loss import IGNORE_INDEX, label_token_count, token_loss_sum
 from llm_studio.train.metrics import higher_is_better
 from llm_studio.train.optim import build_optimizer, build_scheduler, trainable_parameters
+from llm_studio.train.run_state import MicroBatch, StepWindow, StopFlag, memory_mb
 from llm_studio.train.zero import ZERO_FOLDER, ZeroEngine
-
-
-@dataclass
-class StopFlag:
-    """Set by the SIGTERM handler (or the runner's `stopping` heartbeat); read after every step.
-
-    `after_step` acts as if a stop arrived once that step is done: deterministic stops for tests and
-    for reproducing a stop/resume (env LLM_STUDIO_STOP_AFTER_STEP).
-    """
-    requested: bool = False
-    reason: str = ""
-    after_step: int | None = None
-
-    def request(self, reason: str = "stop requested") -> None:
-        if not self.requested:
-            self.reason = reason
-        self.requested = True
-
-    def due(self, step: int) -> bool:
-        if self.after_step is not None and step >= self.after_step and not self.requested:
-            self.request(f"stop after step {self.after_step} (LLM_STUDIO_STOP_AFTER_STEP)")
-        return self.requested
-
-
-@dataclass
-class _Window:
-    """Train statistics between two log lines. The loss stays on the device until the log step."""
-    loss_sum: torch.Tensor | None = None
-    label_tokens: int = 0
-    real_tokens: int = 0
-    computed_tokens: int = 0
-    seconds: float = 0.0
-    grad_norm: torch.Tensor | None = None
-    lr: float = 0.0
-
-
-@dataclass
-class _Micro:
-    inputs: dict[str, Any]
-    labels: torch.Tensor
-    real_tokens: int
-    computed_tokens: int
-
-
-def memory_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated on a GPU; resident memory of this process on CPU."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
 
 
 class TrainRecipe:
@@ -135,6 +84,24 @@ class TrainRecipe:
         self._setup_optimizer(cfg.training)
         if self.resume_from is not None:
             self._restore(self.resume_from)
+
+    @classmethod
+    def from_memory(cls, cfg: ExperimentConfig, *, model: torch.nn.Module, tokenizer: Any, train_examples: list,
+                    device: torch.device, exp_dir: Path) -> "TrainRecipe":
+        """A recipe on an in-memory model and tokenized examples, ready for `plan` and `train_step`
+        (benchmarks): what setup() does, minus reading a stored dataset and loading a stored backbone."""
+        r = cls(cfg, exp_dir=exp_dir, reporter=None)  # type: ignore[arg-type]  # train_step never reports
+        r.dist, r.device, r.zero = distributed.current(), device, None
+        r.autocast_dtype = autocast_dtype(cfg.environment, device)
+        r.model = r.train_model = model.to(device)
+        r.model.train()
+        r.trainable = trainable_parameters(model)
+        r.flatten_packed = False
+        r.tokenizer, r.pad_id = tokenizer, tokenizer.pad_token_id
+        r.train_examples, r.train_lengths = train_examples, [len(e.input_ids) for e in train_examples]
+        r.total_steps = cfg.training.max_steps
+        r._setup_optimizer(cfg.training)
+        return r
 
     def _setup_environment(self, env: EnvironmentConfig, seed: int) -> torch.device:
         if env.num_threads > 0:
@@ -183,7 +150,7 @@ class TrainRecipe:
                                f"(max_length {ds.max_length}, overlong '{ds.overlong}')")
         self.train_lengths = [len(e.input_ids) for e in self.train_examples]
 
-        valid_convs = _read_validation(ds.name)
+        valid_convs = read_split(ds.name, "validation", missing_ok=True)
         if ds.max_validation_rows:
             valid_convs = valid_convs[:ds.max_validation_rows]
         self.valid_conversations = valid_convs
@@ -193,15 +160,15 @@ class TrainRecipe:
             [len(e.input_ids) for e in self.valid_examples], batch_size=tr.batch_size, max_length=ds.max_length,
             packing=False, group_by_length=True, seed=tr.seed, epoch=0) if self.valid_examples else []
 
-        n_batches = len(self._plan(0))
+        n_batches = len(self.plan(0))
         self.steps_per_epoch = math.ceil(n_batches / tr.gradient_accumulation)
         self.total_steps = tr.max_steps or max(1, math.ceil(tr.epochs * self.steps_per_epoch))
         self.reporter.info(f"data {ds.name}: {len(self.train_examples)} train examples "
-                           f"({_stats_text(stats)}), {len(self.valid_examples)} validation | "
+                           f"({stats_text(stats)}), {len(self.valid_examples)} validation | "
                            f"{n_batches} batches of {tr.batch_size} {'packed rows' if tr.packing else 'sequences'} "
                            f"per epoch, {self.steps_per_epoch} steps/epoch, {self.total_steps} steps in all")
 
-    def _plan(self, epoch: int) -> list[list[list[int]]]:
+    def plan(self, epoch: int) -> list[list[list[int]]]:
         """Epoch `epoch`'s micro-batches (rows of example indices): deterministic per seed and epoch,
         so a resumed run re-plans the epoch and skips to its batch index."""
         if epoch not in self._plans:
@@ -257,14 +224,14 @@ class TrainRecipe:
             return "stopped"
         self.reporter.info(f"training from step {p.global_step} to {self.total_steps}", event=True)
         t_start, steps_done = time.perf_counter(), 0
-        window = _Window()
+        window = StepWindow()
         while p.global_step < self.total_steps:
-            batches = self._plan(p.epoch)
+            batches = self.plan(p.epoch)
             if p.batch_index >= len(batches):  # only if a plan shrank under a resumed position
                 p.epoch, p.batch_index = p.epoch + 1, 0
                 continue
             group = batches[p.batch_index:p.batch_index + tr.gradient_accumulation]
-            self._train_step(group, window)
+            self.train_step(group, window)
             p.global_step += 1
             p.batch_index += len(group)
             epoch_end = p.batch_index >= len(batches)
@@ -275,7 +242,7 @@ class TrainRecipe:
 
             if step % tr.log_every == 0 or last:
                 self._log_train(window, step, epoch)
-                window = _Window()
+                window = StepWindow()
             elapsed = time.perf_counter() - t_start
             rate = steps_done / elapsed if elapsed > 0 else None
             eta = (self.total_steps - step) / rate if rate else None
@@ -293,7 +260,7 @@ class TrainRecipe:
             if distributed.stop_due(self.stop, step):  # arrived during the evaluation or the save
                 return self._stopped(step, window, epoch)
 
-        step, epoch = p.global_step, p.epoch + p.batch_index / max(1, len(self._plan(p.epoch)))
+        step, epoch = p.global_step, p.epoch + p.batch_index / max(1, len(self.plan(p.epoch)))
         if self.last_eval_step != step:
             self._evaluate(step, epoch)
         if self.last_save_step != step:
@@ -301,7 +268,7 @@ class TrainRecipe:
         self.reporter.info(f"finished at step {step}", event=True)
         return "finished"
 
-    def _train_step(self, group: list[list[list[int]]], window: _Window) -> None:
+    def train_step(self, group: list[list[list[int]]], window: StepWindow) -> None:
         """One optimizer step over the micro-batches in `group` (gradient accumulation)."""
         t0 = time.perf_counter()
         micro = [self._collate_share(rows) for rows in group]
@@ -353,15 +320,15 @@ class TrainRecipe:
         self.optimizer.zero_grad(set_to_none=True)
         return grad_norm
 
-    def _collate(self, rows: list[list[int]], examples: list | None = None, packed: bool | None = None) -> _Micro:
+    def _collate(self, rows: list[list[int]], examples: list | None = None, packed: bool | None = None) -> MicroBatch:
         packed = self.cfg.training.packing if packed is None else packed
         out = collate(self.train_examples if examples is None else examples, rows, self.pad_id, packed=packed,
                       flatten=packed and self.flatten_packed)
         inputs = dict(out["inputs"])
         labels = inputs.pop("labels")
-        return _Micro(inputs, labels, int(out["n_real_tokens"]), int(out["n_computed_tokens"]))
+        return MicroBatch(inputs, labels, int(out["n_real_tokens"]), int(out["n_computed_tokens"]))
 
-    def _collate_share(self, rows: list[list[int]]) -> _Micro:
+    def _collate_share(self, rows: list[list[int]]) -> MicroBatch:
         """This rank's rows of a micro-batch (all of them in one process); a stand-in adds no labels."""
         mine, real = distributed.share(rows)
         m = self._collate(mine)
@@ -378,21 +345,14 @@ class TrainRecipe:
             with torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype):
                 yield
 
-    def _log_train(self, w: _Window, step: int, epoch: float) -> None:
+    def _log_train(self, w: StepWindow, step: int, epoch: float) -> None:
         t0 = time.perf_counter()
         loss_sum = distributed.all_reduce_sum(w.loss_sum)  # over ranks (a collective: every rank logs)
         loss = loss_sum.item() / max(1, w.label_tokens)  # CPU-GPU sync point: only on log steps
         grad_norm = w.grad_norm.item()
         w.seconds += time.perf_counter() - t0  # the wait for queued GPU work belongs to the window
         self.train_seconds += w.seconds
-        values = {
-            "train/loss": loss,
-            "train/lr": w.lr,
-            "train/grad_norm": grad_norm,
-            "train/tokens_per_s": w.real_tokens / w.seconds if w.seconds > 0 else 0.0,
-            "train/pad_fraction": 1.0 - w.real_tokens / w.computed_tokens if w.computed_tokens else 0.0,
-            "train/memory_mb": memory_mb(self.device),
-        }
+        values = w.train_metrics(loss, grad_norm, memory_mb(self.device))
         self.reporter.metrics(step, values, epoch=epoch)
         self.reporter.info(
             f"step {step}/{self.total_steps} | epoch {epoch:.2f} | loss {loss:.4f} | lr {w.lr:.2e} | "
@@ -477,7 +437,7 @@ class TrainRecipe:
         self.reporter.info(f"saved checkpoint {path.name} ({time.perf_counter() - t0:.1f}s{gone})")
         return path
 
-    def _stopped(self, step: int, window: _Window, epoch: float) -> str:
+    def _stopped(self, step: int, window: StepWindow, epoch: float) -> str:
         if window.loss_sum is not None:  # steps since the last log line: report them before leaving
             self._log_train(window, step, epoch)
         self.reporter.info(f"{self.stop.reason}: saving a checkpoint at step {step}", event=True)
@@ -507,22 +467,3 @@ class TrainRecipe:
             "tokens_per_s": round(self.train_tokens / self.train_seconds, 1) if self.train_seconds else None,
             "backbone": getattr(self, "backbone", None),
         }
-
-
-def _read_validation(name: str) -> list[list[dict[str, str]]]:
-    """The validation conversations, or none when the dataset has no validation split."""
-    try:
-        return read_split(name, "validation")
-    except (NotFoundError, FileNotFoundError):
-        return []
-
-
-def _stats_text(stats: Any) -> str:
-    if not isinstance(stats, dict):
-        return str(stats)
-    keep = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return ", ".join(keep[:6]) or "no stats"
-
-
-__all__ = ["TrainRecipe", "StopFlag", "memory_mb"]
