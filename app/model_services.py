@@ -24,6 +24,14 @@ def chat_stream(name: str, messages: list[dict[str, str]], settings: dict[str, A
         yield from client.stream(messages, **settings)
 
 
+def chat_cancel(name: str) -> None:
+    """Stop the answer `name`'s chat process is generating (the stream then ends by itself)."""
+    with _guard:
+        client = _clients.get(name)
+    if client is not None:
+        client.cancel()
+
+
 def close_chats() -> None:
     for client in _clients.values():
         client.close()
@@ -32,4 +40,5 @@ def close_chats() -> None:
 
 can_chat = export_jobs.has_checkpoint
 start_export = export_jobs.start_export
+has_adapter = export_jobs.has_adapter
 export_status = export_jobs.export_status

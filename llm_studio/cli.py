@@ -10,8 +10,10 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import traceback
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Callable
 
 from llm_studio.errors import LLMStudioError
@@ -221,7 +223,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from llm_studio.export.export import export_experiment
+    from llm_studio.export.export import export_adapter, export_experiment
 
     if not args.output and not args.push:
         raise LLMStudioError("give --output DIR (and/or --push OWNER/REPO)")
@@ -229,15 +231,24 @@ def cmd_export(args: argparse.Namespace) -> int:
         from llm_studio.export.push import check_repo_id
 
         check_repo_id(args.push)  # before the slow merge
-    if args.output:
-        out = export_experiment(args.name, args.output, checkpoint=args.checkpoint, dtype=args.dtype, zip=args.zip)
-        print(f"exported '{args.name}' to {out}" + (f" and {out.parent / (out.name + '.zip')}" if args.zip else ""))
-    if args.push:
-        from llm_studio.export.push import push_experiment
+    out = None
+    with tempfile.TemporaryDirectory(prefix="llm-studio-adapter-") as scratch:
+        if args.output or args.adapter_only:  # an adapter to push is a copy: make it here, it takes no time
+            target = args.output or Path(scratch) / "adapter"
+            if args.adapter_only:
+                out = export_adapter(args.name, target, checkpoint=args.checkpoint, zip=args.zip and bool(args.output))
+            else:
+                out = export_experiment(args.name, target, checkpoint=args.checkpoint, dtype=args.dtype, zip=args.zip)
+            if args.output:
+                what = "the adapter of " if args.adapter_only else ""
+                print(f"exported {what}'{args.name}' to {out}"
+                      + (f" and {out.parent / (out.name + '.zip')}" if args.zip else ""))
+        if args.push:
+            from llm_studio.export.push import push_experiment
 
-        url = push_experiment(args.name, args.push, private=args.private, checkpoint=args.checkpoint,
-                              dtype=args.dtype, folder=out if args.output else None)
-        print(f"pushed '{args.name}' to {url}")
+            url = push_experiment(args.name, args.push, private=args.private, checkpoint=args.checkpoint,
+                                  dtype=args.dtype, folder=out)
+            print(f"pushed '{args.name}' to {url}")
     return 0
 
 
@@ -245,7 +256,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from llm_studio.chat.client import ChatClient
 
     settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
-    with ChatClient(args.name, checkpoint=args.checkpoint, idle_timeout=600) as chat:
+    with ChatClient(args.name, checkpoint=args.checkpoint, idle_timeout=600, device=args.device) as chat:
         if args.prompt is not None:
             for delta in chat.stream([{"role": "user", "content": args.prompt}], **settings):
                 print(delta, end="", flush=True)
@@ -375,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     sp.add_argument("--push", metavar="OWNER/REPO", help="upload to this Hugging Face Hub repository")
     sp.add_argument("--private", action="store_true", help="create the Hub repository private")
+    sp.add_argument("--adapter-only", action="store_true",
+                    help="the LoRA/DoRA adapter alone (a few MB, loaded with peft on top of the base), no merge")
 
     sp = add(sub, "chat", cmd_chat, "Chat with a trained experiment (streamed answers).",
              "llm-studio chat first --prompt 'What is the capital of France?'")
@@ -383,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", default="best")
     sp.add_argument("--max-new-tokens", type=int, default=None)
     sp.add_argument("--temperature", type=float, default=None)
+    sp.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                    help="auto: a GPU that no training run holds, else the CPU")
     return p
 
 

@@ -5,6 +5,7 @@ streams the same greedy answer the run's predictions hold; push uploads to a loc
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -80,6 +81,32 @@ def test_export_loads_with_plain_transformers_and_matches_the_experiment(home: P
     assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
 
 
+def test_the_adapter_alone_downloads_and_loads_on_its_base_with_peft(home: Path, tmp_path: Path) -> None:
+    import torch
+    from peft import AutoPeftModelForCausalLM
+
+    from llm_studio.data.render import render_prompt
+    from llm_studio.export.loading import load_experiment_model
+
+    out = tmp_path / "adapter"
+    proc = subprocess.run(cli("export", "run", "--adapter-only", "--output", str(out), "--zip"), env=cli_env(home),
+                          cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "exported the adapter of 'run'" in proc.stdout
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "README.md"} <= names
+    assert not names & {"training_state.pt", "state.json", "model.safetensors"}, names  # no training state, no merge
+    assert (tmp_path / "adapter.zip").is_file()
+    front = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert front["library_name"] == "peft"
+
+    model = AutoPeftModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ref = load_experiment_model("run", "best")
+    ids = torch.tensor([render_prompt(ref.tokenizer, [{"role": "user", "content": "What is the capital of France?"}])])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, ref.model(input_ids=ids).logits, atol=1e-5)
+
+
 def test_chat_streams_the_same_greedy_answer_as_the_predictions(home: Path) -> None:
     import pandas as pd
 
@@ -121,6 +148,62 @@ def test_chat_streams_the_same_greedy_answer_as_the_predictions(home: Path) -> N
                          capture_output=True, text=True, timeout=TIMEOUT)
     assert one.returncode == 0, one.stderr
     assert one.stdout.strip() == row["prediction"]
+
+
+def test_stop_generating_stops_the_model_and_the_next_question_is_answered(workspace: Path, tmp_path: Path,
+                                                                           tiny_model_dir: Path) -> None:
+    """A barely trained model rambles up to max_new_tokens; a cancel ends its answer within a few tokens."""
+    from llm_studio.chat.client import ChatClient
+
+    cfg = {"dataset": {"name": "sample-qa", "max_length": 64}, "model": {"backbone": str(tiny_model_dir)},
+           "adapter": {"type": "lora", "r": 4, "modules_to_save": ["lm_head"]},
+           "training": {"max_steps": 1, "batch_size": 4}, "evaluation": {"num_predictions": 0},
+           "environment": {"num_threads": 1}}
+    path = tmp_path / "raw.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    trained = subprocess.run(cli("train", str(path), "--name", "raw"), env=cli_env(workspace), cwd=REPO,
+                             capture_output=True, text=True, timeout=TIMEOUT)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    question = [{"role": "user", "content": "Tell me everything."}]
+    with ChatClient("raw", idle_timeout=60, threads=1) as chat:
+        deltas = []
+        for delta in chat.stream(question, max_new_tokens=3000, temperature=0):
+            deltas.append(delta)
+            if len(deltas) == 3:
+                chat.cancel()  # as the UI's "Stop generating" does, from its handler
+        assert chat.last_stats["cancelled"] is True
+        assert 3 <= chat.last_stats["tokens"] < 100, chat.last_stats  # not the 3000 it was allowed
+        assert chat.ask(question, max_new_tokens=5)  # the service goes on answering
+        assert chat.last_stats["cancelled"] is False and chat.last_stats["tokens"] == 5
+
+
+def test_chat_takes_a_gpu_no_training_run_holds_or_refuses_naming_the_runs(workspace: Path) -> None:
+    from llm_studio.chat.device import chat_device
+    from llm_studio.errors import LLMStudioError
+    from llm_studio.store import Store
+
+    store = Store()
+    for name, gpus in (("big-run", [0]), ("cpu-run", None)):
+        store.create_experiment(name, f"{name}.yaml")
+        job = store.enqueue_job(name)
+        assert store.claim_job(job.id, os.getpid(), None, {"gpus": gpus} if gpus else {"cpu_slots": 1})
+    assert chat_device("auto", 0, store) == "cpu"  # no GPU: the CPU
+    assert chat_device("auto", 2, store) == "cuda:1"  # GPU 0 trains big-run
+    assert chat_device("cpu", 2, store) == "cpu"
+    with pytest.raises(LLMStudioError, match="GPU 0 by big-run.*--device cpu"):
+        chat_device("auto", 1, store)
+    with pytest.raises(LLMStudioError, match="no CUDA GPU"):
+        chat_device("cuda", 0, store)
+
+
+def test_the_chat_service_refuses_a_gpu_it_cannot_have_with_one_line(home: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda is allowed here")
+    bad = subprocess.run(cli("chat", "run", "--prompt", "hi", "--device", "cuda"), env=cli_env(home), cwd=REPO,
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert bad.returncode == 2 and "no CUDA GPU is visible" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_chat_service_exits_when_idle_and_reports_unknown_experiments(home: Path) -> None:

@@ -57,4 +57,11 @@ def test_export_tab_produces_a_downloadable_zip(user: UserPage, trained: str) ->
     names = zipfile.ZipFile(io.BytesIO(body)).namelist()
     assert any(n.endswith("model.safetensors") for n in names), names
     assert any(n.endswith("README.md") for n in names), names
+
+    user.click("export_adapter_zip")  # the adapter alone: no merge, a few files
+    link = wait_for(lambda: (e := user.page.query_selector("[data-test=export_download]"))
+                    and "adapter" in e.inner_text() and e, 180, "the adapter download link")
+    body = user.page.request.get(f"{user.url}{link.get_attribute('href')}").body()
+    names = zipfile.ZipFile(io.BytesIO(body)).namelist()
+    assert "adapter_model.safetensors" in names and "model.safetensors" not in names, names
     user.no_error_shown()

@@ -6,6 +6,7 @@ experiment's chat service (llm_studio.chat, JSON lines over a pipe), export and 
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 from h2o_wave import Q, data, on, ui
@@ -99,7 +100,7 @@ async def _stream_into_card(q: Q, name: str, messages: list[dict[str, str]], set
             card.data[-1] = [text, False]
             break
         if q.client.chat_stop:
-            continue  # drain the rest of this answer without showing it
+            continue  # the last tokens before the cancel reached the model: not shown
         text += item
         card.data[-1] = [text, False]
         await q.page.save()
@@ -109,6 +110,8 @@ async def _stream_into_card(q: Q, name: str, messages: list[dict[str, str]], set
 @on("exp_chatbot.stop")
 async def chat_stop(q: Q) -> None:
     q.client.chat_stop = True
+    if q.client.chat_name:
+        await q.run(services.chat_cancel, q.client.chat_name)  # the model stops generating, not only the display
     q.page["exp_chat"].generating = False
     await q.page.save()
 
@@ -129,11 +132,16 @@ async def render_export(q: Q, name: str, info: dict[str, Any], state: dict[str, 
     q.client.export_name = name
     job = await q.run(services.export_status, name)
     info["can_chat"] = await q.run(services.can_chat, name)
+    adapter = await q.run(services.has_adapter, name)
+    busy = not info.get("can_chat") or job["running"]
+    buttons = [ui.button(name="export_zip", label="Export as zip", primary=True, icon="Download", disabled=busy)]
+    if adapter:
+        buttons.append(ui.button(name="export_adapter_zip", label="Adapter only (zip)", icon="Download",
+                                 disabled=busy, caption="The adapter alone, a few MB: load it on the base with peft"))
     items: list[Any] = [
         ui.text("A merged model (safetensors, tokenizer with its chat template, generation config and a model "
-                "card), exported by its own process."),
-        ui.buttons([ui.button(name="export_zip", label="Export as zip", primary=True, icon="Download",
-                              disabled=not info.get("can_chat") or job["running"])]),
+                "card), exported by its own process." + (" Or the adapter alone, without merging." if adapter else "")),
+        ui.buttons(buttons),
         ui.separator("Push to Hugging Face"),
         ui.textbox(name="push_repo", label="Repository (owner/name)", placeholder="my-org/my-model"),
         ui.checkbox(name="push_private", label="Private repository", value=True),
@@ -149,7 +157,8 @@ async def render_export(q: Q, name: str, info: dict[str, Any], state: dict[str, 
         items.insert(0, ui.message_bar(type="success", text=job["result"], name="export_result"))
     if job.get("zip") and not job["running"]:
         url = (await q.site.upload([job["zip"]]))[0]
-        items.insert(1, ui.link(label=f"Download {name}.zip", path=url, download=True, name="export_download"))
+        items.insert(1, ui.link(label=f"Download {Path(job['zip']).name}", path=url, download=True,
+                                name="export_download"))
     add_card(q, "exp_export", ui.form_card(box=ui.box("bottom", order=0), title="Export", items=items))
     if job["running"]:
         await q.page.save()
@@ -169,6 +178,15 @@ async def _wait_for_export(q: Q, name: str, info: dict[str, Any], state: dict[st
 async def export_zip(q: Q) -> None:
     name = q.client.export_name
     await q.run(services.start_export, name, None, False)
+    info = await q.run(studio.experiment_info, name)
+    await render_export(q, name, info, {})
+
+
+@on("export_adapter_zip")
+@guarded
+async def export_adapter_zip(q: Q) -> None:
+    name = q.client.export_name
+    await q.run(services.start_export, name, None, False, None, True)
     info = await q.run(studio.experiment_info, name)
     await render_export(q, name, info, {})
 

@@ -25,8 +25,9 @@ class ChatError(LLMStudioError):
 
 class ChatClient:
     def __init__(self, name: str, *, checkpoint: str = "best", idle_timeout: float = 600.0, threads: int = 0,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, device: str = "auto"):
         self.name, self.checkpoint, self.idle_timeout, self.threads = name, checkpoint, idle_timeout, threads
+        self.device = device
         self.env = env
         self.proc: subprocess.Popen | None = None
         self.info: dict[str, Any] = {}
@@ -41,7 +42,8 @@ class ChatClient:
         env = dict(os.environ, **secret_env(), **(self.env or {}))
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         cmd = [sys.executable, "-m", "llm_studio.chat.service", self.name, "--checkpoint", self.checkpoint,
-               "--idle-timeout", str(self.idle_timeout), "--threads", str(self.threads)]
+               "--idle-timeout", str(self.idle_timeout), "--threads", str(self.threads),
+               "--device", self.device]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, bufsize=1, env=env)
         first = self._read()
@@ -99,10 +101,21 @@ class ChatClient:
             if "delta" in reply:
                 yield reply["delta"]
             elif reply.get("done"):
-                self.last_stats = {k: reply.get(k) for k in ("tokens", "tokens_per_s")}
+                self.last_stats = {k: reply.get(k) for k in ("tokens", "tokens_per_s", "cancelled")}
                 return
             elif "error" in reply:
                 raise ChatError(reply["error"])
+
+    def cancel(self) -> None:
+        """Stop the answer being streamed (from another thread): the stream ends after the current token."""
+        proc = self.proc
+        if proc is None or proc.stdin is None or proc.poll() is not None:
+            return
+        try:
+            proc.stdin.write(json.dumps({"cancel": True}) + "\n")
+            proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):  # it ended meanwhile: nothing to stop
+            pass
 
     def ask(self, messages: list[dict[str, str]], **settings: Any) -> str:
         return "".join(self.stream(messages, **settings))

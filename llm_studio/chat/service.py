@@ -7,7 +7,8 @@ then answers one request per input line:
     {"messages": [{"role": "user", "content": "..."}], "max_new_tokens": 64, "temperature": 0, "top_p": 1,
      "top_k": 0, "repetition_penalty": 1}        (the generation settings default to the run's config)
 with {"delta": "..."} lines as tokens arrive, then {"done": true, "tokens": n, "tokens_per_s": x, "text": ...};
-a bad request gets {"error": "..."} and the service keeps going. It exits when stdin closes or after
+a bad request gets {"error": "..."} and the service keeps going. {"cancel": true} sent while an answer is
+being generated stops the generation after the current token (its "done" line says "cancelled": true). It exits when stdin closes or after
 `--idle-timeout` seconds without a request. Logs go to stderr; stdout carries only JSON lines.
 """
 
@@ -32,10 +33,14 @@ def _send(out: TextIO, obj: dict[str, Any]) -> None:
 class ChatEngine:
     """Generates streamed answers with an experiment's model."""
 
-    def __init__(self, name: str, checkpoint: str = "best"):
+    def __init__(self, name: str, checkpoint: str = "best", device: str = "cpu"):
         from llm_studio.export.loading import load_experiment_model
 
-        self.loaded = load_experiment_model(name, checkpoint)
+        import torch
+
+        # half the memory on GPUs that compute in bf16; fp32 on CPUs (bf16 there is emulated and slow)
+        bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        self.loaded = load_experiment_model(name, checkpoint, device=device, dtype="bfloat16" if bf16 else "float32")
         self.model, self.tokenizer, self.cfg = self.loaded.model, self.loaded.tokenizer, self.loaded.cfg
 
     def generation_config(self, request: dict[str, Any]) -> Any:
@@ -48,10 +53,16 @@ class ChatEngine:
         gen = type(gen).model_validate(gen.model_dump())  # range checks of the schema
         return _generation_config(gen, self.tokenizer, self.model)
 
-    def stream(self, request: dict[str, Any]):
-        """Yield text deltas; returns (via StopIteration.value) the number of generated tokens."""
+    def stream(self, request: dict[str, Any], cancelled: threading.Event | None = None):
+        """Yield text deltas; returns (via StopIteration.value) the number of generated tokens.
+        Setting `cancelled` ends the generation at the next token."""
         import torch
-        from transformers import TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                return torch.full((input_ids.shape[0],), cancelled is not None and cancelled.is_set(),
+                                  dtype=torch.bool, device=input_ids.device)
 
         from llm_studio.data.render import render_prompt
 
@@ -63,14 +74,15 @@ class ChatEngine:
                             prompt_template=ds.prompt_template)[-ds.max_length:]
         config = self.generation_config(request)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
-        input_ids = torch.tensor([ids], dtype=torch.long)
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.model.device)
         result: dict[str, Any] = {}
 
         def work() -> None:
             try:
                 with torch.no_grad():
                     out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                              generation_config=config, streamer=streamer)
+                                              generation_config=config, streamer=streamer,
+                                              stopping_criteria=StoppingCriteriaList([Cancelled()]))
                 result["tokens"] = int(out.shape[1] - input_ids.shape[1])
             except BaseException as e:  # surfaced to the caller after the stream ends
                 result["error"] = e
@@ -105,17 +117,25 @@ def _lines(stdin: TextIO) -> "queue.Queue[str]":
     return q
 
 
+def _is_cancel(line: str) -> bool:
+    try:
+        return json.loads(line).get("cancel") is True
+    except (ValueError, AttributeError):
+        return False
+
+
 def serve(engine: ChatEngine, stdin: TextIO, stdout: TextIO, idle_timeout: float) -> None:
     lines = _lines(stdin)
+    later: list[str] = []  # requests that arrived while an answer was generated
     while True:
         try:
-            line = lines.get(timeout=idle_timeout if idle_timeout > 0 else None)
+            line = later.pop(0) if later else lines.get(timeout=idle_timeout if idle_timeout > 0 else None)
         except queue.Empty:
             print(f"chat service: idle for {idle_timeout:g}s, exiting", file=sys.stderr)
             return
         if not line:
             return
-        if not line.strip():
+        if not line.strip() or _is_cancel(line):  # a cancel that arrived after its answer ended
             continue
         try:
             request = json.loads(line)
@@ -126,8 +146,9 @@ def serve(engine: ChatEngine, stdin: TextIO, stdout: TextIO, idle_timeout: float
             continue
         t0 = time.perf_counter()
         parts: list[str] = []
+        cancelled = threading.Event()
         try:
-            gen = engine.stream(request)
+            gen = engine.stream(request, cancelled)
             while True:
                 try:
                     delta = next(gen)
@@ -136,13 +157,28 @@ def serve(engine: ChatEngine, stdin: TextIO, stdout: TextIO, idle_timeout: float
                     break
                 parts.append(delta)
                 _send(stdout, {"delta": delta})
+                while not lines.empty():  # between tokens: a cancel stops this answer, anything else waits
+                    pending = lines.get_nowait()
+                    if _is_cancel(pending):
+                        cancelled.set()
+                    else:
+                        later.append(pending)
         except Exception as e:  # noqa: BLE001 - every failure becomes an error line, the service goes on
             _send(stdout, {"error": f"{e.__class__.__name__}: {e}" if not isinstance(e, (ValueError, LLMStudioError))
                            else str(e)})
             continue
         seconds = time.perf_counter() - t0
         _send(stdout, {"done": True, "tokens": tokens, "tokens_per_s": round(tokens / seconds, 2) if seconds else None,
-                       "text": "".join(parts)})
+                       "text": "".join(parts), "cancelled": cancelled.is_set()})
+
+
+def _device(requested: str) -> str:
+    import torch
+
+    from llm_studio.chat.device import chat_device
+    from llm_studio.store import Store
+
+    return chat_device(requested, torch.cuda.device_count() if torch.cuda.is_available() else 0, Store())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--idle-timeout", type=float, default=600.0, help="exit after this many idle seconds (0: never)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: a GPU no training run holds, else the CPU; cuda refuses when every GPU is busy")
     args = p.parse_args(argv)
     stdout = sys.stdout
     sys.stdout = sys.stderr  # anything a library prints must not corrupt the JSON stream
@@ -159,11 +197,12 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        engine = ChatEngine(args.name, args.checkpoint)
+        engine = ChatEngine(args.name, args.checkpoint, _device(args.device))
     except LLMStudioError as e:
         _send(stdout, {"error": str(e)})
         return 2
-    _send(stdout, {"ready": True, "experiment": args.name, "checkpoint": engine.loaded.checkpoint.name})
+    _send(stdout, {"ready": True, "experiment": args.name, "checkpoint": engine.loaded.checkpoint.name,
+                   "device": str(engine.model.device)})
     serve(engine, sys.stdin, stdout, args.idle_timeout)
     return 0
 

@@ -7,6 +7,9 @@ The folder holds the merged weights (LoRA/DoRA merged into the base with `merge_
 safetensors, config + generation config, the tokenizer with its chat template, and a model card
 (README.md). It loads with plain `AutoModelForCausalLM` / `AutoTokenizer`, no peft needed. The folder is
 built in a hidden temp sibling and renamed into place, so a failed export leaves nothing half-written.
+
+`export_adapter` writes only the LoRA/DoRA adapter of a checkpoint (plus tokenizer and model card): a few
+MB that `peft` loads on top of the base model, with no merge and no model loaded here.
 """
 
 from __future__ import annotations
@@ -19,32 +22,78 @@ from pathlib import Path
 from typing import Any
 
 from llm_studio.errors import LLMStudioError
-from llm_studio.export.loading import ExperimentModel, load_experiment_model, read_summary
+from llm_studio.export.loading import (ExperimentModel, experiment_config, experiment_dir, load_experiment_model,
+                                       read_summary, resolve_checkpoint)
+
+# checkpoint files that belong to training, not to the adapter a user downloads
+_TRAINING_ONLY = {"training_state.pt", "state.json", "zero"}
 
 
 def export_experiment(name: str, output_dir: str | Path, *, checkpoint: str = "best", dtype: str = "float32",
                       zip: bool = False, overwrite: bool = True) -> Path:
     """Write the merged model of experiment `name` to `output_dir` (and OUTPUT.zip with `zip`)."""
-    output = Path(output_dir).expanduser().resolve()
-    if output.exists() and not output.is_dir():
-        raise LLMStudioError(f"{output} exists and is not a folder")
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise LLMStudioError(f"{output} is not empty")
+    output = _check_output(output_dir, overwrite)
     loaded = load_experiment_model(name, checkpoint, dtype=dtype)
     model = loaded.model
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     model.config.use_cache = True
 
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(tmp)
+        _write_generation_config(model, loaded, tmp)
+        (tmp / "README.md").write_text(model_card(name, loaded), encoding="utf-8")
+
+    _publish(output, write)
+    if zip:
+        zip_folder(output, output.parent / f"{output.name}.zip")
+    return output
+
+
+def export_adapter(name: str, output_dir: str | Path, *, checkpoint: str = "best", zip: bool = False,
+                   overwrite: bool = True) -> Path:
+    """Write the adapter of experiment `name`'s checkpoint to `output_dir` (and OUTPUT.zip with `zip`)."""
+    output = _check_output(output_dir, overwrite)
+    ckpt = resolve_checkpoint(name, checkpoint)
+    if not (ckpt / "adapter_config.json").is_file():
+        raise LLMStudioError(f"experiment {name!r} trained the whole model (no adapter): export the merged model")
+    exp_dir = experiment_dir(name)
+    cfg = experiment_config(exp_dir)
+    from llm_studio.train.checkpoint import read_state
+
+    backbone = read_state(ckpt).get("backbone") or cfg.model.backbone
+    info = ExperimentModel(model=None, tokenizer=None, cfg=cfg, checkpoint=ckpt, backbone=backbone, exp_dir=exp_dir)
+
+    def write(tmp: Path) -> None:
+        for p in ckpt.iterdir():
+            if p.name not in _TRAINING_ONLY and p.is_file():
+                shutil.copy2(p, tmp / p.name)
+        (tmp / "README.md").write_text(model_card(name, info, adapter_only=True), encoding="utf-8")
+
+    _publish(output, write)
+    if zip:
+        zip_folder(output, output.parent / f"{output.name}.zip")
+    return output
+
+
+def _check_output(output_dir: str | Path, overwrite: bool) -> Path:
+    output = Path(output_dir).expanduser().resolve()
+    if output.exists() and not output.is_dir():
+        raise LLMStudioError(f"{output} exists and is not a folder")
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise LLMStudioError(f"{output} is not empty")
+    return output
+
+
+def _publish(output: Path, write: Any) -> None:
+    """`write(tmp)` fills a hidden sibling folder, which then replaces `output` in one rename."""
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.parent / f".{output.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        loaded.tokenizer.save_pretrained(tmp)
-        _write_generation_config(model, loaded, tmp)
-        (tmp / "README.md").write_text(model_card(name, loaded), encoding="utf-8")
+        write(tmp)
         if output.exists():
             trash = output.parent / f".{output.name}.old-{os.getpid()}"
             os.replace(output, trash)
@@ -55,9 +104,6 @@ def export_experiment(name: str, output_dir: str | Path, *, checkpoint: str = "b
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if zip:
-        zip_folder(output, output.parent / f"{output.name}.zip")
-    return output
 
 
 def zip_folder(folder: Path, target: Path) -> Path:
@@ -100,19 +146,22 @@ def _yaml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid YAML scalar
 
 
-def model_card(name: str, loaded: ExperimentModel) -> str:
-    """README.md: YAML front matter for the Hub, the training setup, final metrics and a usage snippet."""
+def model_card(name: str, loaded: ExperimentModel, adapter_only: bool = False) -> str:
+    """README.md: YAML front matter for the Hub, the training setup, final metrics and a usage snippet
+    (loading the merged model, or with `adapter_only` the adapter on top of its base with peft)."""
     cfg = loaded.cfg
     summary = read_summary(loaded.exp_dir)
     base = cfg.model.backbone
     adapter = cfg.adapter.type
     tags = ["llm-studio", "fine-tuned", "text-generation"] + ([adapter] if adapter != "none" else [])
-    lines = ["---", f"base_model: {_yaml_str(base)}", "library_name: transformers", "pipeline_tag: text-generation",
+    library = "peft" if adapter_only else "transformers"
+    lines = ["---", f"base_model: {_yaml_str(base)}", f"library_name: {library}", "pipeline_tag: text-generation",
              "tags:"] + [f"- {t}" for t in tags]
     lines += ["datasets:", f"- {_yaml_str(cfg.dataset.name)}", "license: other", "---", "",
               f"# {name}", "",
               f"Fine-tuned from `{base}` on the dataset `{cfg.dataset.name}` with LLM Studio"
-              f"{' (' + adapter.upper() + ' adapter merged into the weights)' if adapter != 'none' else ''}.", "",
+              + (f" (the {adapter.upper()} adapter only: load it on top of the base model with peft)" if adapter_only
+                 else f" ({adapter.upper()} adapter merged into the weights)" if adapter != "none" else "") + ".", "",
               "## Training", "", "| setting | value |", "| --- | --- |"]
     tr = cfg.training
     rows = {"checkpoint": loaded.checkpoint.name, "adapter": adapter,
@@ -128,11 +177,15 @@ def model_card(name: str, loaded: ExperimentModel) -> str:
         lines += ["", "## Final metrics", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {v:.6g} |" if isinstance(v, (int, float)) else f"| {k} | {v} |"
                   for k, v in sorted(metrics.items())]
-    lines += ["", "## Usage", "", "```python",
-              "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              'path = "."  # this folder, or the Hub repo id',
-              "tokenizer = AutoTokenizer.from_pretrained(path)",
-              "model = AutoModelForCausalLM.from_pretrained(path)",
+    load = (["from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer", "",
+             'path = "."  # this folder, or the Hub repo id (the base model is read from adapter_config.json)',
+             "tokenizer = AutoTokenizer.from_pretrained(path)",
+             "model = AutoPeftModelForCausalLM.from_pretrained(path)"] if adapter_only else
+            ["from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             'path = "."  # this folder, or the Hub repo id',
+             "tokenizer = AutoTokenizer.from_pretrained(path)",
+             "model = AutoModelForCausalLM.from_pretrained(path)"])
+    lines += ["", "## Usage", "", "```python", *load,
               'messages = [{"role": "user", "content": "Hello!"}]',
               "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\","
               " return_dict=True)",

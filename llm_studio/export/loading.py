@@ -58,7 +58,7 @@ def resolve_checkpoint(name: str, checkpoint: str = "best") -> Path:
         metric = read_summary(folder).get("best_metric")
         if not metric:
             try:
-                metric = f"validation/{_config(folder).evaluation.best_metric}"
+                metric = f"validation/{experiment_config(folder).evaluation.best_metric}"
             except LLMStudioError:
                 metric = None
         best = best_checkpoint(root, metric) if metric else None
@@ -70,7 +70,7 @@ def resolve_checkpoint(name: str, checkpoint: str = "best") -> Path:
                          + ", ".join(c.path.name for c in found))
 
 
-def _config(exp_dir: Path) -> Any:
+def experiment_config(exp_dir: Path) -> Any:
     from llm_studio.config.io import load_config
 
     path = exp_dir / "config.yaml"
@@ -92,7 +92,7 @@ def load_experiment_model(name: str, checkpoint: str = "best", *, dtype: str = "
     if dtype not in dtypes:
         raise LLMStudioError(f"dtype must be one of {', '.join(dtypes)}, not {dtype!r}")
     exp_dir = experiment_dir(name)
-    cfg = _config(exp_dir)
+    cfg = experiment_config(exp_dir)
     ckpt = resolve_checkpoint(name, checkpoint)
     state = read_state(ckpt)
     backbone = state.get("backbone") or resolve_backbone(cfg.model.backbone)

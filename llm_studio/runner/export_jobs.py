@@ -29,8 +29,19 @@ def has_checkpoint(name: str, store: Store | None = None) -> bool:
     return any((_folder(name, store) / "checkpoints").glob("step-*"))
 
 
-def start_export(name: str, push_repo: str | None = None, private: bool = True, store: Store | None = None) -> None:
-    """Start exporting `name` as a zip (push_repo None) or pushing it to the Hub repo `push_repo`."""
+def has_adapter(name: str, store: Store | None = None) -> bool:
+    """True when the run trained an adapter (its checkpoints can be downloaded without a merge)."""
+    return any((_folder(name, store) / "checkpoints").glob("step-*/adapter_config.json"))
+
+
+def zip_path(name: str, adapter_only: bool, store: Store | None = None) -> Path:
+    return _folder(name, store) / "export" / (f"{name}-adapter.zip" if adapter_only else f"{name}.zip")
+
+
+def start_export(name: str, push_repo: str | None = None, private: bool = True, store: Store | None = None,
+                 adapter_only: bool = False) -> None:
+    """Start exporting `name` as a zip (push_repo None) or pushing it to the Hub repo `push_repo`;
+    the merged model, or with `adapter_only` the adapter alone."""
     folder = _folder(name, store)
     if export_status(name, store)["running"]:
         raise LLMStudioError(f"an export of '{name}' is already running")
@@ -38,10 +49,12 @@ def start_export(name: str, push_repo: str | None = None, private: bool = True, 
         raise LLMStudioError(f"experiment '{name}' has no checkpoint to export yet")
     if push_repo is not None and not REPO_ID.match(push_repo):
         raise LLMStudioError(f"'{push_repo}' is not a Hub repository id: use owner/name")
-    args = ["export", name]
+    if adapter_only and not has_adapter(name, store):
+        raise LLMStudioError(f"experiment '{name}' trained the whole model: there is no adapter to download")
+    args = ["export", name] + (["--adapter-only"] if adapter_only else [])
     if push_repo is None:
-        args += ["--output", str(folder / "export" / name), "--zip"]
-        action = "export"
+        args += ["--output", str(zip_path(name, adapter_only, store).with_suffix("")), "--zip"]
+        action = "adapter" if adapter_only else "export"
     else:
         args += ["--push", push_repo] + (["--private"] if private else [])
         action = "push"
@@ -74,7 +87,7 @@ def export_status(name: str, store: Store | None = None) -> dict[str, Any]:
         status["result"] = done[-1] if done else None
         if not done:
             status["error"] = "the export ended without a result; see export.log in the experiment folder"
-    zip_path = folder / "export" / f"{name}.zip"
-    if status["action"] == "export" and zip_path.exists() and not status["error"]:
-        status["zip"] = str(zip_path)
+    target = zip_path(name, status["action"] == "adapter", store)
+    if status["action"] in ("export", "adapter") and target.exists() and not status["error"]:
+        status["zip"] = str(target)
     return status
