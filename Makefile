@@ -41,9 +41,10 @@ test: setup browser
 test-all: setup browser
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
-# CPU throughput against TRL and a bare PyTorch loop (benchmarks/README.md); never part of `make test`.
+# CPU throughput against TRL and a bare PyTorch loop, then UI latency (benchmarks/README.md); never in `make test`.
 bench: setup
 	$(PY) benchmarks/train_throughput.py --quick
+	$(PY) benchmarks/ui_latency.py
 
 clean-venv:
 	rm -rf $(VENV)
