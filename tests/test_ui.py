@@ -286,6 +286,15 @@ def test_stop_a_running_experiment_and_reorder_the_queue_behind_it(user: UserPag
     rec = store.get_experiment("long")
     assert rec.status == "stopped" and 0 < rec.step < 100000
     assert any((ws / "experiments" / "long" / "checkpoints").glob("step-*")), "stopping saves a checkpoint"
+
+    stopped_at = rec.step
+    user.click("exp_resume")  # continues from that checkpoint: the step count goes on from there
+    wait_for(lambda: "Running" in user.text("exp_progress") and store.get_experiment("long").step > stopped_at,
+             RUN_TIMEOUT_S, "the resumed run to train past its checkpoint")
+    user.page.click("[data-test=exp_tabs] >> text=Logs")  # the log tail follows the run
+    user.see("exp_logs_text", f"resumed from step-{stopped_at}")
+    user.click("exp_stop")
+    user.see("exp_progress", "Stopped", timeout_s=180)
     user.no_error_shown()
 
 
@@ -431,6 +440,35 @@ def test_settings_keep_tokens_masked_in_a_private_file(user: UserPage, ws: Path)
     user.page.fill("[data-test=settings_cpu_slots]", "1")
     user.click("settings_save")
     user.el("settings_saved")
+    user.no_error_shown()
+
+
+@needs_browser
+@pytest.mark.browser
+def test_the_dark_theme_applies_at_once_and_stays_for_the_next_visit(user: UserPage, ws: Path, browser: Any,
+                                                                      studio: Any) -> None:
+    # the colour the navigation card is drawn on (the first ancestor-or-self with a background)
+    background = ("() => { for (let e = document.querySelector('[data-test=nav]'); e; e = e.parentElement) {"
+                  " const c = getComputedStyle(e).backgroundColor;"
+                  " if (c !== 'rgba(0, 0, 0, 0)' && c !== 'transparent') return c; } return 'rgb(255, 255, 255)'; }")
+
+    def dark(rgb: str) -> bool:
+        return sum(int(v) for v in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3]) < 3 * 100
+
+    user.open("#settings")
+    assert not dark(user.page.evaluate(background))
+    user.page.click("[data-test=settings_theme] >> text=Dark")
+    user.click("settings_save")
+    user.see("settings_saved", "Settings saved")
+    wait_for(lambda: dark(user.page.evaluate(background)), 10, "the page to turn dark")
+    later = UserPage(browser, studio).open("#home")  # a new tab: the saved theme
+    try:
+        wait_for(lambda: dark(later.page.evaluate(background)), 10, "the new tab to open dark")
+    finally:
+        later.close()
+    user.page.click("[data-test=settings_theme] >> text=Light")
+    user.click("settings_save")
+    wait_for(lambda: not dark(user.page.evaluate(background)), 10, "the page to turn light again")
     user.no_error_shown()
 
 
