@@ -425,12 +425,15 @@ def settings_state() -> dict[str, Any]:
     values = settings.all_values(store())
     secrets = {key: {"masked": settings.masked(settings.get_secret(key)), "source": settings.secret_source(key)}
                for key in settings.SECRETS}
-    return {"values": values, "secrets": secrets}
+    return {"values": values, "secrets": secrets, "presets": presets()}
 
 
 def save_settings(values: dict[str, Any], secrets: dict[str, str | None]) -> None:
     """Check everything first, then save: a bad value saves nothing."""
     checked = {key: settings.check_value(key, value) for key, value in values.items()}
+    if checked.get("default_preset") and checked["default_preset"] not in presets():
+        from llm_studio.errors import LLMStudioError
+        raise LLMStudioError(f"preset {checked['default_preset']!r} not found in {PRESETS_DIR}")
     for key, value in checked.items():
         settings.set_value(key, value, store())
     for key, value in secrets.items():

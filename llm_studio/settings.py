@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 SECRETS: dict[str, str] = {"hf_token": "HF_TOKEN", "neptune_api_token": "NEPTUNE_API_TOKEN"}
 THEMES = ("light", "dark")
 # non-secret settings with their defaults
-DEFAULTS: dict[str, Any] = {"cpu_slots": 1, "theme": "light", "neptune_project": ""}
+DEFAULTS: dict[str, Any] = {"cpu_slots": 1, "theme": "light", "neptune_project": "", "default_preset": ""}
 MAX_CPU_SLOTS = 256
 
 
@@ -132,6 +132,9 @@ def check_value(key: str, value: Any) -> Any:
         if value and (value.count("/") != 1 or any(c.isspace() for c in value)):
             raise LLMStudioError(f"Neptune project must look like workspace/project, not {value!r}")
         return value
+    if key == "default_preset":  # the preset a new experiment starts from ("" = the offline tiny-sft)
+        value = (value or "").strip()
+        return paths.check_name(value, "preset") if value else ""
     raise LLMStudioError(f"unknown setting {key!r}: use one of {', '.join(DEFAULTS)}")
 
 

@@ -5,13 +5,12 @@ tests drive it as a user would and check the workspace and the store behind it. 
 (the compare and navigation tests reuse the experiments made before them, or make their own).
 Set LLM_STUDIO_SCREENSHOTS=docs/screenshots to save a screenshot of each page.
 
-The first tests need no browser: settings (secrets file, masking), the schema-generated form, and that the
-UI process never imports model code.
+The first tests need no browser: the schema-generated form, and that the UI process never imports model
+code. Settings are tested in test_ui_settings.py, the Chat and Export tabs in test_ui_chat_export.py.
 """
 
 from __future__ import annotations
 
-import stat
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import expect
 
-from ui_helpers import CHROMIUM, REPO, UI_TIMEOUT_MS, UserPage
+from ui_helpers import REPO, UI_TIMEOUT_MS, UserPage, needs_browser, wait_for
 
 TINY = REPO / "experiments" / "tiny-sft.yaml"
 SAMPLE_CSV = REPO / "llm_studio" / "data" / "sample" / "train.csv"
@@ -29,51 +28,7 @@ LONG = ["training.max_steps=100000", "training.log_every=1", "training.eval_ever
         "training.save_every=100000", "evaluation.num_predictions=0"]
 RUN_TIMEOUT_S = 300  # generous: the machine's 2 cores are shared with other test runs
 
-needs_browser = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                   reason=f"Chromium not found at {CHROMIUM} (run `make browser`)")
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 # --- no browser --------------------------------------------------------------------------------------
-
-def test_secrets_are_private_masked_and_never_in_the_store(workspace: Path) -> None:
-    from llm_studio import settings
-    from llm_studio.store import Store
-
-    settings.set_secret("hf_token", "hf_abcdefghijklmnop3f2a")
-    path = workspace / "secrets.json"
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert settings.get_secret("hf_token") == "hf_abcdefghijklmnop3f2a"
-    assert settings.masked(settings.get_secret("hf_token")) == "hf_…3f2a"
-    assert settings.secret_env() == {"HF_TOKEN": "hf_abcdefghijklmnop3f2a"}
-    settings.set_value("cpu_slots", 2)
-    assert Store().get_setting("cpu_slots") == 2  # the scheduler reads this one
-    assert "hf_abc" not in (workspace / "llm_studio.db").read_bytes().decode("latin-1")
-    settings.set_secret("hf_token", None)
-    assert settings.get_secret("hf_token") is None and stat.S_IMODE(path.stat().st_mode) == 0o600
-
-
-def test_settings_refuse_bad_values_with_a_reason(workspace: Path) -> None:
-    from llm_studio import settings
-    from llm_studio.errors import LLMStudioError
-
-    for key, value, words in [("cpu_slots", 0, "1 to"), ("cpu_slots", "two", "whole number"),
-                              ("theme", "pink", "light, dark"), ("neptune_project", "no-slash", "workspace/project")]:
-        with pytest.raises(LLMStudioError, match=words):
-            settings.set_value(key, value)
-    with pytest.raises(LLMStudioError, match="spaces"):
-        settings.set_secret("neptune_api_token", "two words")
-    assert settings.masked("short") == "…rt" and settings.masked(None) == ""
-
 
 @pytest.mark.parametrize("preset", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.stem)
 def test_the_form_reads_back_every_preset_value_unchanged(preset: Path) -> None:
@@ -416,59 +371,6 @@ def test_clone_with_changes_then_delete_with_confirmation(user: UserPage, ws: Pa
     user.see("flash", "Deleted experiment first-2")
     assert "first-2" not in [e.name for e in Store(ws / "llm_studio.db").list_experiments()]
     assert not (ws / "experiments" / "first-2").exists()
-    user.no_error_shown()
-
-
-@needs_browser
-@pytest.mark.browser
-def test_settings_keep_tokens_masked_in_a_private_file(user: UserPage, ws: Path) -> None:
-    from llm_studio.store import Store
-
-    token = "hf_FakeTokenForTheUiTest9d1c"
-    user.open("#settings")
-    user.page.fill("[data-test=settings_hf_token]", token)
-    user.page.fill("[data-test=settings_cpu_slots]", "2")
-    user.click("settings_save")
-    user.see("settings_saved", "Settings saved")
-    user.see("settings_hf_token_state", "hf_…9d1c")
-    assert token not in user.page.content(), "the full token must never come back to the browser"
-    assert not any(token in str(m) for m in user.frames.messages)
-    assert stat.S_IMODE((ws / "secrets.json").stat().st_mode) == 0o600
-    assert Store(ws / "llm_studio.db").get_setting("cpu_slots") == 2
-    user.click("settings_clear_secret")
-    user.see("settings_hf_token_state", "Not set")
-    user.page.fill("[data-test=settings_cpu_slots]", "1")
-    user.click("settings_save")
-    user.el("settings_saved")
-    user.no_error_shown()
-
-
-@needs_browser
-@pytest.mark.browser
-def test_the_dark_theme_applies_at_once_and_stays_for_the_next_visit(user: UserPage, ws: Path, browser: Any,
-                                                                      studio: Any) -> None:
-    # the colour the navigation card is drawn on (the first ancestor-or-self with a background)
-    background = ("() => { for (let e = document.querySelector('[data-test=nav]'); e; e = e.parentElement) {"
-                  " const c = getComputedStyle(e).backgroundColor;"
-                  " if (c !== 'rgba(0, 0, 0, 0)' && c !== 'transparent') return c; } return 'rgb(255, 255, 255)'; }")
-
-    def dark(rgb: str) -> bool:
-        return sum(int(v) for v in rgb[rgb.index("(") + 1:rgb.index(")")].split(",")[:3]) < 3 * 100
-
-    user.open("#settings")
-    assert not dark(user.page.evaluate(background))
-    user.page.click("[data-test=settings_theme] >> text=Dark")
-    user.click("settings_save")
-    user.see("settings_saved", "Settings saved")
-    wait_for(lambda: dark(user.page.evaluate(background)), 10, "the page to turn dark")
-    later = UserPage(browser, studio).open("#home")  # a new tab: the saved theme
-    try:
-        wait_for(lambda: dark(later.page.evaluate(background)), 10, "the new tab to open dark")
-    finally:
-        later.close()
-    user.page.click("[data-test=settings_theme] >> text=Light")
-    user.click("settings_save")
-    wait_for(lambda: not dark(user.page.evaluate(background)), 10, "the page to turn light again")
     user.no_error_shown()
 
 

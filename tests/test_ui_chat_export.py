@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, cli, cli_env
-from test_ui import needs_browser, wait_for
-from ui_helpers import UserPage
+from ui_helpers import UserPage, needs_browser, wait_for
 
 pytestmark = [needs_browser, pytest.mark.browser]
 

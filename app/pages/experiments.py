@@ -189,7 +189,9 @@ def _load_form(request: dict[str, Any] | None) -> dict[str, Any]:
         return {"preset": None, "parent": parent, "dataset": cfg.dataset.name, "name": name,
                 "values": services.config_values(cfg), "advanced": False, "presets": presets,
                 "datasets": datasets, "yaml_text": ""}
-    preset = request.get("preset") or ("tiny-sft" if "tiny-sft" in presets else (presets[0] if presets else None))
+    default = services.settings_value("default_preset")  # chosen in Settings, else the offline preset
+    preset = request.get("preset") or next((p for p in (default, "tiny-sft") if p in presets),
+                                           presets[0] if presets else None)
     cfg = services.preset_config(preset) if preset else services.ExperimentConfig()
     dataset = request.get("dataset") or cfg.dataset.name
     if dataset not in datasets:

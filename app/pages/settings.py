@@ -60,6 +60,10 @@ async def settings_page(q: Q) -> None:
                                           "not slots. LLM_STUDIO_CPU_SLOTS in the environment wins."),
         ui.choice_group(name="settings_theme", label="Theme", value=values["theme"], inline=True,
                         choices=[ui.choice("light", "Light"), ui.choice("dark", "Dark")]),
+        ui.dropdown(name="settings_default_preset", label="Preset for new experiments", width="320px",
+                    value=values["default_preset"] or "tiny-sft",
+                    choices=[ui.choice(p, p) for p in state["presets"]],
+                    tooltip="The config the New experiment form starts from (any preset can still be picked there)."),
         ui.buttons([ui.button(name="settings_save", label="Save", primary=True, icon="Save")]),
     ]))
 
@@ -74,6 +78,8 @@ async def settings_save(q: Q) -> None:
         values["theme"] = q.args.settings_theme
     if q.args.settings_neptune_project is not None:
         values["neptune_project"] = q.args.settings_neptune_project
+    if q.args.settings_default_preset is not None:
+        values["default_preset"] = q.args.settings_default_preset
     secrets = {key: q.args[f"settings_{key}"].strip() for key in SECRETS if (q.args[f"settings_{key}"] or "").strip()}
     await q.run(services.save_settings, values, secrets)
     if "theme" in values and values["theme"] != q.client.theme:
