@@ -137,19 +137,22 @@ def test_resume_continues_the_loss_curve(tmp_path: Path, workspace: Path, tiny_m
 
 
 def test_a_resume_after_a_crash_logs_each_step_once(tmp_path: Path, workspace: Path, tiny_model_dir: Path) -> None:
-    """A crash after step 3 but before its checkpoint (simulated: step-3 removed) resumes from step 2; the
-    first logging of step 3 is dropped, so the curve and the latest values show every step once."""
-    import shutil
+    """A crash while step 3's checkpoint was being written (simulated: step-3 moved back to the hidden temp
+    folder a killed save leaves) resumes from step 2; the partial folder is removed and the first logging
+    of step 3 is dropped, so the curve and the latest values show every step once."""
 
     from llm_studio.store import Store
 
     config = small_config(tmp_path, tiny_model_dir, max_steps=6, save_every=2, eval_every=1000)
     first = run(workspace, "train", str(config), "--name", "crash", LLM_STUDIO_STOP_AFTER_STEP="3")
     assert first.returncode == 0, first.stderr
-    shutil.rmtree(workspace / "experiments" / "crash" / "checkpoints" / "step-3")
+    checkpoints = workspace / "experiments" / "crash" / "checkpoints"
+    (checkpoints / "step-3" / "state.json").unlink()  # the last file a save writes
+    (checkpoints / "step-3").rename(checkpoints / ".step-3.tmp-99999")
     resumed = run(workspace, "train", "--resume", "crash")
     assert resumed.returncode == 0, resumed.stderr
-    assert "resumed from step-2" in resumed.stdout
+    assert "resumed from step-2" in resumed.stdout and "removed .step-3.tmp-99999" in resumed.stdout
+    assert not list(checkpoints.glob(".*"))
     steps = [p.step for p in Store().get_metrics("crash", names=["train/loss"])]
     assert steps == [1, 2, 3, 4, 5, 6], steps
     assert Store().latest_metrics("crash")["train/loss"] == losses("crash")[6]

@@ -180,3 +180,16 @@ def prune_checkpoints(root: Path, keep_last: int, best_metric: str | None = None
             shutil.rmtree(c.path, ignore_errors=True)
             removed.append(c.path)
     return removed
+
+
+def remove_partial_checkpoints(root: Path) -> list[Path]:
+    """Delete what a killed save left behind (hidden `.step-N.*` temp, old and staging folders).
+
+    Only call this while no other process saves into `root`: the run that owns the folder, at its start."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    partial = [p for p in root.iterdir() if p.name.startswith(f".{PREFIX}")]
+    for p in partial:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return partial

@@ -42,7 +42,7 @@ from llm_studio.paths import atomic_write_bytes
 from llm_studio.tracking.reporter import Reporter
 from llm_studio.train import distributed
 from llm_studio.train.checkpoint import (Progress, best_checkpoint, load_training_state, prune_checkpoints,
-                                         read_state, restore_rng, save_checkpoint)
+                                         read_state, remove_partial_checkpoints, restore_rng, save_checkpoint)
 from llm_studio.train.evaluate import EvalResult, evaluate
 from llm_studio.train.loss import IGNORE_INDEX, label_token_count, token_loss_sum
 from llm_studio.train.metrics import higher_is_better
@@ -82,6 +82,9 @@ class TrainRecipe:
         self._setup_model(cfg.model, cfg.adapter, cfg.environment)
         self._setup_data(cfg.dataset, cfg.training)
         self._setup_optimizer(cfg.training)
+        if self.dist.is_main:  # a save killed midway (kill -9, power loss) left a hidden partial folder
+            for partial in remove_partial_checkpoints(self.checkpoint_dir):
+                self.reporter.info(f"removed {partial.name}, left by an interrupted save")
         if self.resume_from is not None:
             self._restore(self.resume_from)
 
