@@ -79,7 +79,8 @@ class ZeroEngine:
         folder = staging_dir(root, step)
         if self.engine.global_rank == 0:
             shutil.rmtree(folder, ignore_errors=True)
-        self.engine.save_checkpoint(str(folder), tag=_TAG, save_latest=False)
+        # frozen weights (a LoRA run's whole base model) are in the checkpoint's own files or the backbone
+        self.engine.save_checkpoint(str(folder), tag=_TAG, save_latest=False, exclude_frozen_parameters=True)
         return folder
 
     def load(self, checkpoint: Path) -> bool:
@@ -88,7 +89,7 @@ class ZeroEngine:
         if not (folder / _TAG).is_dir():
             return False
         path, _ = self.engine.load_checkpoint(str(folder), tag=_TAG, load_optimizer_states=True,
-                                              load_lr_scheduler_states=False)
+                                              load_lr_scheduler_states=False, load_module_strict=False)
         if path is None:
             raise RuntimeError(f"DeepSpeed could not load its state from {folder}")
         return True
