@@ -43,7 +43,7 @@ test-all: setup browser
 
 # CPU throughput against TRL and a bare PyTorch loop, then UI latency (benchmarks/README.md); never in `make test`.
 bench: setup
-	$(PY) benchmarks/train_throughput.py --quick
+	$(PY) benchmarks/train_throughput.py --quick --memory-processes
 	$(PY) benchmarks/ui_latency.py
 
 clean-venv:

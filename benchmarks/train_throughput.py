@@ -29,6 +29,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -281,6 +282,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="a local folder or hub id (default: the 3.4M random Llama)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     p.add_argument("--json", default=None, help="write every figure to this file")
+    p.add_argument("--memory-processes", action="store_true",
+                   help="also run each variant once in a fresh process for its own peak RSS (fair CPU memory)")
     a = p.parse_args(argv)
     if a.smoke:
         defaults = dict(steps=1, warmup=1, repeats=1, batch_size=2, max_length=64)
@@ -292,6 +295,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(a, k) is None:
             setattr(a, k, v)
     return a
+
+
+def own_process_memory(a: argparse.Namespace, variants: list[str]) -> dict[str, float]:
+    """Peak memory of each variant run alone (1 repeat) in a child process: in the shared process, later
+    variants inherit the allocator caches and imports of earlier ones."""
+    out: dict[str, float] = {}
+    for name in variants:
+        with tempfile.TemporaryDirectory() as tmp:
+            args = [sys.executable, __file__, "--variants", name, "--repeats", "1", "--steps", str(a.steps),
+                    "--warmup", str(a.warmup), "--batch-size", str(a.batch_size), "--max-length", str(a.max_length),
+                    "--seed", str(a.seed), "--device", a.device, "--json", str(Path(tmp) / "one.json")]
+            if a.model:
+                args += ["--model", a.model]
+            done = subprocess.run(args, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"the {name} memory run failed:\n{done.stderr[-2000:]}")
+            out[name] = json.loads((Path(tmp) / "one.json").read_text())["results"][name]["peak_mem_mb"]
+    return out
 
 
 def main(argv=None) -> int:
@@ -363,6 +384,14 @@ def main(argv=None) -> int:
         ratios["engine_vs_bare_loop"] = (results["engine"]["tokens_per_s"]
                                          / max(1e-9, results["bare_loop"]["tokens_per_s"]))
         print(f"ratio engine / bare loop: {ratios['engine_vs_bare_loop']:.2f}x  (target >= 0.9x)")
+    if a.memory_processes:
+        own = own_process_memory(a, variants)
+        for name, mb in own.items():
+            results[name]["own_process_peak_mb"] = mb
+        base = min((own[n] for n in trl if n in own), default=None)
+        print("peak RSS, each variant alone in a fresh process (same imports, model and data): "
+              + ", ".join(f"{n} {mb:,.0f} MB" for n, mb in own.items())
+              + (f" | engine / lowest TRL {own['engine'] / base:.2f}x" if base and "engine" in own else ""))
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     if a.json:
         info = {"argv": sys.argv[1:], "args": vars(a), "device": str(device), "torch": torch.__version__,

@@ -140,7 +140,6 @@ def test_a_resume_after_a_crash_logs_each_step_once(tmp_path: Path, workspace: P
     """A crash while step 3's checkpoint was being written (simulated: step-3 moved back to the hidden temp
     folder a killed save leaves) resumes from step 2; the partial folder is removed and the first logging
     of step 3 is dropped, so the curve and the latest values show every step once."""
-
     from llm_studio.store import Store
 
     config = small_config(tmp_path, tiny_model_dir, max_steps=6, save_every=2, eval_every=1000)
