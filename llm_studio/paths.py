@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -74,3 +75,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the finished folder `new` at `target` (a sibling): renamed into place, an older `target` first
+    moved aside and then deleted, so `target` is always either the old or the new folder, never half."""
+    new, target = Path(new), Path(target)
+    if target.exists():
+        trash = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, trash)
+        os.replace(new, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(new, target)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, cli, cli_env
+from polling import wait_for
 from llm_studio.runner import manager
 from llm_studio.store import Store
 
@@ -22,16 +23,6 @@ FAST = ["training.max_steps=6", "training.eval_every=3", "training.save_every=3"
         "evaluation.num_predictions=2", "generation.max_new_tokens=4"]
 LONG = ["training.max_steps=100000", "training.save_every=5", "training.log_every=1",
         "training.eval_every=100000", "evaluation.num_predictions=0"]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def start_worker(home: Path) -> subprocess.Popen:

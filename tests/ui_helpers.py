@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from polling import wait_for  # noqa: F401 - the UI tests import it from here
+
 REPO = Path(__file__).resolve().parents[1]
 UI_TIMEOUT_MS = 30_000
 SHOTS = os.environ.get("LLM_STUDIO_SCREENSHOTS")  # a folder: save a screenshot of each page there
@@ -31,16 +33,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 
 needs_browser = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                    reason=f"Chromium not found at {CHROMIUM} (run `make browser`)")
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def free_port() -> int:

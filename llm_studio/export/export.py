@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_studio.errors import LLMStudioError
+from llm_studio.paths import replace_folder
 from llm_studio.export.loading import (ExperimentModel, experiment_config, experiment_dir, load_experiment_model,
                                        read_summary, resolve_checkpoint)
 
@@ -94,13 +95,7 @@ def _publish(output: Path, write: Any) -> None:
     tmp.mkdir()
     try:
         write(tmp)
-        if output.exists():
-            trash = output.parent / f".{output.name}.old-{os.getpid()}"
-            os.replace(output, trash)
-            os.replace(tmp, output)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, output)
+        replace_folder(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from llm_studio.paths import replace_folder
 from llm_studio.train.metrics import higher_is_better
 
 STATE_FILE = "state.json"
@@ -104,13 +105,7 @@ def save_checkpoint(root: Path, *, model: torch.nn.Module, tokenizer: Any, optim
         state = {**asdict(progress), "metrics": dict(metrics or {}), **(extra or {})}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
         _fsync_dir_files(tmp)
-        if final.exists():
-            trash = root / f".{final.name}.old-{os.getpid()}"
-            os.replace(final, trash)
-            os.replace(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        replace_folder(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
