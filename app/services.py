@@ -21,6 +21,7 @@ import psutil
 from llm_studio import paths, settings
 from llm_studio.config import ConfigError, ExperimentConfig, config_diff, config_from_dict, config_from_yaml
 from llm_studio.config import config_to_yaml, flatten, ui_fields
+from llm_studio.errors import LLMStudioError, NotFoundError
 from llm_studio.runner import manager
 from llm_studio.store import MetricPoint, Store
 
@@ -205,7 +206,6 @@ def move_experiment(name: str, delta: int | None = None, position: int | None = 
     if position is None:
         queued = [j.experiment_name for j in s.list_jobs(status="queued", kind="train")]
         if name not in queued:
-            from llm_studio.errors import LLMStudioError
             raise LLMStudioError(f"cannot move experiment '{name}': it is not queued")
         position = max(1, queued.index(name) + 1 + (delta or 0))
     manager.move(name, position, store=s)
@@ -232,7 +232,6 @@ def saved_config_yaml(name: str) -> str:
     try:
         return manager.config_yaml(name, store=store())
     except OSError as e:
-        from llm_studio.errors import LLMStudioError
         raise LLMStudioError(f"the saved config of experiment '{name}' cannot be read: {e.strerror or e}") from None
 
 
@@ -304,7 +303,6 @@ def presets() -> list[str]:
 def preset_path(preset: str) -> Path:
     path = PRESETS_DIR / f"{paths.check_name(preset, 'preset')}.yaml"
     if not path.is_file():
-        from llm_studio.errors import NotFoundError
         raise NotFoundError(f"preset {preset!r} not found in {PRESETS_DIR}")
     return path
 
@@ -432,7 +430,6 @@ def save_settings(values: dict[str, Any], secrets: dict[str, str | None]) -> Non
     """Check everything first, then save: a bad value saves nothing."""
     checked = {key: settings.check_value(key, value) for key, value in values.items()}
     if checked.get("default_preset") and checked["default_preset"] not in presets():
-        from llm_studio.errors import LLMStudioError
         raise LLMStudioError(f"preset {checked['default_preset']!r} not found in {PRESETS_DIR}")
     for key, value in checked.items():
         settings.set_value(key, value, store())

@@ -10,9 +10,11 @@ training curve (a resumed run matches an uninterrupted one).
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
@@ -140,3 +142,14 @@ def evaluate(model: torch.nn.Module, tokenizer: Any, *, loss_batches: Sequence[d
         model.train(was_training)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def write_predictions(path: Path, step: int, rows: list[dict[str, Any]]) -> None:
+    """The latest evaluation's predictions (prompt, target, prediction, ...) as one parquet file, atomically."""
+    import pandas as pd
+
+    from llm_studio.paths import atomic_write_bytes
+
+    buf = io.BytesIO()
+    pd.DataFrame([{"step": step, **r} for r in rows]).to_parquet(buf, index=False)
+    atomic_write_bytes(Path(path), buf.getvalue())

@@ -22,7 +22,6 @@ train():  one optimizer step = collate its micro-batches → forward/backward un
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import random
 import time
@@ -38,16 +37,14 @@ from llm_studio.data import read_split
 from llm_studio.data.batching import collate, plan_batches, stats_text, tokenize_conversations
 from llm_studio.errors import DatasetError
 from llm_studio.models.load import autocast_dtype, load_backbone, maybe_compile, resolve_device
-from llm_studio.paths import atomic_write_bytes
 from llm_studio.tracking.reporter import Reporter
 from llm_studio.train import distributed
 from llm_studio.train.checkpoint import (Progress, best_checkpoint, load_training_state, prune_checkpoints,
                                          read_state, remove_partial_checkpoints, restore_rng, save_checkpoint)
-from llm_studio.train.evaluate import EvalResult, evaluate
+from llm_studio.train.evaluate import EvalResult, evaluate, write_predictions
 from llm_studio.train.loss import IGNORE_INDEX, label_token_count, token_loss_sum
-from llm_studio.train.metrics import higher_is_better
 from llm_studio.train.optim import build_optimizer, build_scheduler, trainable_parameters
-from llm_studio.train.run_state import MicroBatch, StepWindow, StopFlag, memory_mb
+from llm_studio.train.run_state import BestMetrics, MicroBatch, StepWindow, StopFlag, memory_mb
 from llm_studio.train.zero import ZERO_FOLDER, ZeroEngine
 
 
@@ -63,8 +60,7 @@ class TrainRecipe:
         self.progress = Progress()
         self.total_steps = 0
         self.steps_per_epoch = 0
-        self.best_metrics: dict[str, float] = {}
-        self.best_step: int | None = None
+        self.best = BestMetrics(f"validation/{cfg.evaluation.best_metric}")
         self.last_eval_step = -1
         self.last_save_step = -1
         self.last_checkpoint: Path | None = None
@@ -205,8 +201,7 @@ class TrainRecipe:
             self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
         info = read_state(path)
-        self.best_metrics = dict(info.get("best_metrics") or {})
-        self.best_step = info.get("best_step")
+        self.best = BestMetrics(self.best.key, dict(info.get("best_metrics") or {}), info.get("best_step"))
         self.train_tokens = int(info.get("train_tokens") or 0)
         self.train_seconds = float(info.get("train_seconds") or 0.0)
         self.reporter.latest.update(info.get("latest_metrics") or {})
@@ -381,34 +376,15 @@ class TrainRecipe:
                           gen_cfg=self.cfg.generation, metric_names=ev.metrics, num_predictions=ev.num_predictions,
                           batch_size=max(tr.batch_size, 8), seed=tr.seed, device=self.device, autocast=self._autocast)
         self.reporter.metrics(step, result.metrics, epoch=epoch)  # the reporter of other ranks writes nothing
-        self._update_best(step, result.metrics)
-        if result.predictions:
-            self._write_predictions(step, result.predictions)
+        self.best.update(step, result.metrics)
+        if result.predictions and self.dist.is_main:
+            write_predictions(self.exp_dir / "predictions.parquet", step, result.predictions)
         self.reporter.flush()
         shown = " | ".join(f"{k.split('/')[-1]} {v:.4g}" for k, v in result.metrics.items())
         self.reporter.info(f"evaluation at step {step}: {shown} ({result.seconds:.1f}s)", event=True)
         self._last_eval_metrics = result.metrics
         distributed.barrier()
         return result
-
-    def _update_best(self, step: int, values: dict[str, float]) -> None:
-        key = f"validation/{self.cfg.evaluation.best_metric}"
-        for name, value in values.items():
-            old = self.best_metrics.get(name)
-            better = old is None or (value > old if higher_is_better(name) else value < old)
-            if better:
-                self.best_metrics[name] = value
-                if name == key:
-                    self.best_step = step
-
-    def _write_predictions(self, step: int, rows: list[dict[str, Any]]) -> None:
-        if not self.dist.is_main:
-            return
-        import pandas as pd
-
-        buf = io.BytesIO()
-        pd.DataFrame([{"step": step, **r} for r in rows]).to_parquet(buf, index=False)
-        atomic_write_bytes(self.exp_dir / "predictions.parquet", buf.getvalue())
 
     # ====================================================================================== checkpoints
 
@@ -424,8 +400,8 @@ class TrainRecipe:
 
     def _write_checkpoint(self, step: int, staged: Path | None, t0: float) -> Path:
         metrics = self._last_eval_metrics if self.last_eval_step == step else {}
-        extra = {"backbone": self.backbone, "adapter": self.cfg.adapter.type, "best_metrics": self.best_metrics,
-                 "best_step": self.best_step, "latest_metrics": dict(self.reporter.latest),
+        extra = {"backbone": self.backbone, "adapter": self.cfg.adapter.type, "best_metrics": self.best.values,
+                 "best_step": self.best.step, "latest_metrics": dict(self.reporter.latest),
                  "train_tokens": self.train_tokens, "train_seconds": self.train_seconds,
                  "total_steps": self.total_steps}
         extra_state = {"scaler": self.scaler.state_dict()} if self.scaler is not None else None
@@ -459,9 +435,9 @@ class TrainRecipe:
             "total_steps": self.total_steps,
             "epochs": round(epochs, 4),
             "final_metrics": dict(self.reporter.latest),
-            "best_metrics": dict(self.best_metrics),
+            "best_metrics": dict(self.best.values),
             "best_metric": f"validation/{self.cfg.evaluation.best_metric}",
-            "best_step": self.best_step,
+            "best_step": self.best.step,
             "best_checkpoint": str(best.path.relative_to(self.exp_dir)) if best else None,
             "last_checkpoint": (str(self.last_checkpoint.relative_to(self.exp_dir))
                                 if self.last_checkpoint and self.last_checkpoint.exists() else None),

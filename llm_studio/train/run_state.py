@@ -3,10 +3,12 @@ micro-batch, and the memory figure logged with them (kept out of recipe.py so th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from llm_studio.train.metrics import higher_is_better
 
 
 @dataclass
@@ -69,3 +71,20 @@ def memory_mb(device: torch.device) -> float:
     import psutil
 
     return psutil.Process().memory_info().rss / 2**20
+
+
+@dataclass
+class BestMetrics:
+    """The best value of each evaluation metric so far, and the step where `key` (the run's best metric)
+    was best: what "best checkpoint" and the summary report."""
+    key: str
+    values: dict[str, float] = field(default_factory=dict)
+    step: int | None = None
+
+    def update(self, step: int, metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            old = self.values.get(name)
+            if old is None or (value > old if higher_is_better(name) else value < old):
+                self.values[name] = value
+                if name == self.key:
+                    self.step = step
