@@ -14,7 +14,9 @@ the sharded optimizer state (stage 2) and the sharded parameters (stage 3):
 - `full_parameters()`: under stage 3 the parameters are gathered on every rank for saving or evaluating.
 
 Mixed precision stays torch autocast around the forward with fp32 master weights (bf16 on GPUs that have
-it); fp16 autocast would need a loss scaler and is refused for DeepSpeed runs (see models.load).
+it); fp16 autocast would need a loss scaler and is refused for DeepSpeed runs (see models.load). Trainable
+weights loaded in bf16 (full fine-tuning on a GPU) turn on DeepSpeed's bf16 mode; that path has not run on
+a GPU yet (none was available), the fp32 path is tested on CPU.
 """
 
 from __future__ import annotations
@@ -38,9 +40,13 @@ def staging_dir(root: Path, step: int) -> Path:
     return Path(root) / f".step-{step}.zero-staging"
 
 
-def ds_config(cfg: ExperimentConfig) -> dict[str, Any]:
+def ds_config(cfg: ExperimentConfig, model: torch.nn.Module | None = None) -> dict[str, Any]:
     tr = cfg.training
+    # trainable bf16 weights (full fine-tuning of a bf16 model on GPU): DeepSpeed's bf16 mode keeps fp32
+    # master copies in the optimizer; fp32 weights (CPU, LoRA adapters) need nothing
+    bf16 = model is not None and any(p.dtype == torch.bfloat16 for p in model.parameters() if p.requires_grad)
     return {
+        **({"bf16": {"enabled": True}} if bf16 else {}),
         "train_micro_batch_size_per_gpu": tr.batch_size,
         "gradient_accumulation_steps": tr.gradient_accumulation,
         "zero_optimization": {"stage": cfg.environment.deepspeed_stage},
@@ -58,7 +64,7 @@ class ZeroEngine:
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines would flood train.log
         self.stage = cfg.environment.deepspeed_stage
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                                 config=ds_config(cfg))
+                                                                 config=ds_config(cfg, model))
         self.world_size = self.engine.dp_world_size
 
     def __call__(self, **inputs: Any) -> Any:
