@@ -173,28 +173,27 @@ async def _wait_for_export(q: Q, name: str, info: dict[str, Any], state: dict[st
     await render_export(q, name, info, state)
 
 
+async def _start_export(q: Q, **request: Any) -> None:
+    """Start the export process (zip, adapter zip or push) and show its progress on the Export tab."""
+    name = q.client.export_name
+    await q.run(services.start_export, name, **request)
+    info = await q.run(studio.experiment_info, name)
+    await render_export(q, name, info, {})
+
+
 @on("export_zip")
 @guarded
 async def export_zip(q: Q) -> None:
-    name = q.client.export_name
-    await q.run(services.start_export, name, None, False)
-    info = await q.run(studio.experiment_info, name)
-    await render_export(q, name, info, {})
+    await _start_export(q)
 
 
 @on("export_adapter_zip")
 @guarded
 async def export_adapter_zip(q: Q) -> None:
-    name = q.client.export_name
-    await q.run(services.start_export, name, None, False, None, True)
-    info = await q.run(studio.experiment_info, name)
-    await render_export(q, name, info, {})
+    await _start_export(q, adapter_only=True)
 
 
 @on("export_push")
 @guarded
 async def export_push(q: Q) -> None:
-    name = q.client.export_name
-    await q.run(services.start_export, name, str(q.args.push_repo or ""), bool(q.args.push_private))
-    info = await q.run(studio.experiment_info, name)
-    await render_export(q, name, info, {})
+    await _start_export(q, push_repo=str(q.args.push_repo or ""), private=bool(q.args.push_private))
