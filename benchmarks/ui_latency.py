@@ -33,7 +33,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the studio + browser harness the UI tests use
 
-from ui_helpers import Studio, launch_browser  # noqa: E402
+from ui_helpers import Studio, WaveFrames, launch_browser  # noqa: E402
 
 TINY = REPO / "experiments" / "tiny-sft.yaml"
 LIVE = "live"
@@ -45,26 +45,6 @@ SEED_METRICS = ("train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
-
-
-class ChartFrames:
-    """Arrival time of each (series, step) row appended to one chart card, from the page's websocket."""
-
-    def __init__(self, page: Any, card: str):
-        self.append_key = f"{card} data __append__"
-        self.arrivals: dict[tuple[str, int], float] = {}
-        page.on("websocket", lambda ws: ws.on("framereceived", self._received))
-
-    def _received(self, payload: Any) -> None:
-        now = time.time()
-        try:
-            message = json.loads(payload if isinstance(payload, str) else payload.decode())
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            return
-        for op in message.get("d") or []:
-            if op.get("k") == self.append_key and isinstance(op.get("v"), list):
-                series, step = op["v"][0], int(op["v"][1])
-                self.arrivals.setdefault((series, step), now)
 
 
 class InsertPoller(threading.Thread):
@@ -96,7 +76,7 @@ def measure_live(studio: Studio, browser: Any, n_points: int, timeout_s: float) 
     from llm_studio.runner import manager
 
     page = browser.new_page(viewport={"width": 1440, "height": 1000})
-    frames = ChartFrames(page, "chart_loss")
+    frames = WaveFrames(page)
     poller = InsertPoller(LIVE)
     poller.start()
     manager.start(TINY, LIVE, LONG_RUN)
@@ -106,8 +86,9 @@ def measure_live(studio: Studio, browser: Any, n_points: int, timeout_s: float) 
     matched: list[tuple[float, float]] = []
     while time.monotonic() < deadline:
         page.wait_for_timeout(50)  # lets Playwright dispatch the websocket events
-        matched = [(frames.arrivals[k] - ins, frames.arrivals[k] - logged)
-                   for k, (ins, logged) in poller.inserted.items() if k in frames.arrivals]
+        arrivals = frames.append_arrivals("chart_loss")
+        matched = [(arrivals[k] - ins, arrivals[k] - logged)
+                   for k, (ins, logged) in poller.inserted.items() if k in arrivals]
         if len(matched) >= n_points:
             break
     poller.done.set()

@@ -121,13 +121,26 @@ class WaveFrames:
 
     def __init__(self, page: Any):
         self.messages: list[dict[str, Any]] = []
+        self.received_at: list[float] = []  # unix time each message reached this process (the benchmark's clock)
         page.on("websocket", lambda ws: ws.on("framereceived", self._received))
 
     def _received(self, payload: Any) -> None:
+        now = time.time()
         try:
             self.messages.append(json.loads(payload if isinstance(payload, str) else payload.decode()))
+            self.received_at.append(now)
         except (ValueError, UnicodeDecodeError, AttributeError):
             pass
+
+    def append_arrivals(self, card: str) -> dict[tuple[Any, ...], float]:
+        """When each row appended to a plot card's data arrived, by the row's first two fields (series, x)."""
+        key = f"{card} data __append__"
+        out: dict[tuple[Any, ...], float] = {}
+        for at, m in zip(self.received_at, self.messages):
+            for op in m.get("d", []) or []:
+                if op.get("k") == key and isinstance(op.get("v"), list):
+                    out.setdefault((op["v"][0], op["v"][1]), at)
+        return out
 
     def card_puts(self, card: str) -> int:
         """How many times the whole card was (re)sent."""
