@@ -21,7 +21,7 @@ from llm_studio.store.records import MetricPoint
 from llm_studio.tracking.reporter import ProgressLine, Reporter, format_duration
 from llm_studio.train import checkpoint as ckpt
 from llm_studio.train import metrics as M
-from llm_studio.train.loss import label_token_count, token_loss_sum
+from llm_studio.train.loss import label_logits, label_token_count, token_loss_sum
 from llm_studio.train.optim import build_optimizer, build_scheduler, learning_rate, warmup_steps
 
 NO_CUDA = "needs a CUDA GPU (torch.cuda.is_available() is False on this machine)"
@@ -118,6 +118,40 @@ def test_loss_is_summed_over_label_tokens_and_matches_the_mean_cross_entropy() -
     # two micro-batches normalised by the step's total equal one batch holding both
     a = token_loss_sum(logits[:1], labels[:1]) + token_loss_sum(logits[1:], labels[1:])
     assert (a / n).item() == pytest.approx(shifted.item(), rel=1e-6)
+
+
+def test_label_only_logits_give_the_same_loss_and_gradients_as_full_logits(tiny_model_dir: Path) -> None:
+    """The output head runs only where a label follows (answer tokens), so a step never holds the
+    (tokens x vocabulary) logits of prompts and padding; the loss and every gradient stay the same."""
+    from llm_studio.models.load import load_backbone
+
+    torch.manual_seed(0)
+    model = load_backbone(ModelConfig(backbone=str(tiny_model_dir)),
+                          AdapterConfig(type="lora", r=4, alpha=8, dropout=0.0),  # no dropout: two equal forwards
+                          EnvironmentConfig(device="cpu")).model
+    ids = torch.randint(5, 200, (3, 24))
+    labels = ids.clone()
+    labels[:, :9] = -100                     # prompts
+    labels[2, 15:] = -100                    # padding of a shorter row
+    labels[1, 16] = -100                     # the first token of a second packed example
+
+    def loss_and_grads(select: bool) -> tuple[torch.Tensor, list[torch.Tensor], torch.Size]:
+        model.zero_grad(set_to_none=True)
+        with label_logits(model, labels, torch.device("cpu"), enabled=select) as selection:
+            logits = model(input_ids=ids).logits
+        loss = selection.loss_sum(logits)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad], logits.shape
+
+    full_loss, full_grads, full_shape = loss_and_grads(False)
+    loss, grads, shape = loss_and_grads(True)
+    n = label_token_count(labels)
+    assert full_shape[:2] == (3, 24) and shape[0] == n < 3 * 24 // 2
+    assert loss.item() == pytest.approx(full_loss.item(), rel=1e-5)
+    assert loss.item() == pytest.approx(token_loss_sum(model(input_ids=ids).logits, labels).item(), rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, full_grads))
+    # the hook is gone after the block: generation and evaluation see every position again
+    assert model(input_ids=ids).logits.shape[:2] == (3, 24)
 
 
 # --- checkpoints -----------------------------------------------------------------------------------

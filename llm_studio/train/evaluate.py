@@ -21,7 +21,7 @@ import torch
 
 from llm_studio.config.schema import DatasetConfig, GenerationConfig
 from llm_studio.train import metrics as M
-from llm_studio.train.loss import label_token_count, token_loss_sum
+from llm_studio.train.loss import label_logits, label_token_count
 
 PREFIX = "validation/"
 
@@ -45,9 +45,9 @@ def validation_loss(model: torch.nn.Module, batches: Sequence[dict[str, Any]], d
         n_tokens += label_token_count(labels)
         inputs = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in inputs.items()}
         inputs.setdefault("use_cache", False)
-        with autocast():
+        with label_logits(model, labels, device) as selection, autocast():
             logits = model(**inputs).logits
-        total += token_loss_sum(logits, labels.to(device, non_blocking=True)).double()
+        total += selection.loss_sum(logits).double()
     if n_tokens == 0:
         return float("nan"), 0
     return total.item() / n_tokens, n_tokens  # one sync, at the end

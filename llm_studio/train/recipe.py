@@ -42,7 +42,7 @@ from llm_studio.train import distributed
 from llm_studio.train.checkpoint import (Progress, best_checkpoint, load_training_state, prune_checkpoints,
                                          read_state, remove_partial_checkpoints, restore_rng, save_checkpoint)
 from llm_studio.train.evaluate import EvalResult, evaluate, write_predictions
-from llm_studio.train.loss import IGNORE_INDEX, label_token_count, token_loss_sum
+from llm_studio.train.loss import IGNORE_INDEX, label_logits, label_token_count
 from llm_studio.train.optim import build_optimizer, build_scheduler, trainable_parameters
 from llm_studio.train.run_state import BestMetrics, MicroBatch, StepWindow, StopFlag, memory_mb
 from llm_studio.train.zero import ZERO_FOLDER, ZeroEngine
@@ -279,13 +279,14 @@ class TrainRecipe:
         step_loss = torch.zeros((), device=self.device, dtype=torch.float32)
         for i, m in enumerate(micro):
             inputs = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in m.inputs.items()}
-            labels = m.labels.to(self.device, non_blocking=True)
             last = i == len(micro) - 1
             with distributed.no_sync(self.train_model, last_micro_batch=last) if self.zero is None \
                     else contextlib.nullcontext():
-                with self._autocast():
+                # compiled graphs would recompile for every new number of label tokens: full logits there
+                with label_logits(self.model, m.labels, self.device, enabled=not self.cfg.environment.compile) \
+                        as selection, self._autocast():
                     logits = self.train_model(**inputs).logits
-                loss_sum = token_loss_sum(logits, labels)
+                loss_sum = selection.loss_sum(logits)
                 loss = loss_sum / denom  # every label token of the step weighs the same
                 if self.zero is not None:
                     self.zero.backward(loss, last)
