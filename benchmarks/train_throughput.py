@@ -69,7 +69,8 @@ def synthetic_conversations(n: int, seed: int, mean_words: float) -> list[list[d
     return convs
 
 
-def build_model_and_tokenizer(model_id: str | None, device: torch.device):
+def build_model_and_tokenizer(model_id: str | None, device: torch.device, hidden_size: int = 256, layers: int = 4,
+                              intermediate_size: int | None = None):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if model_id:
@@ -84,8 +85,11 @@ def build_model_and_tokenizer(model_id: str | None, device: torch.device):
 
     tok = build_tokenizer()
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=512, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+    heads = max(1, hidden_size // 64)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden_size,
+                         intermediate_size=intermediate_size or 2 * hidden_size, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
+                         max_position_embeddings=1024,
                          tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, dtype="float32", attn_implementation="sdpa")
     return LlamaForCausalLM(config), tok
@@ -178,7 +182,8 @@ def run_trl(model, tok, examples, a, device, packing: bool) -> dict[str, Any]:
             warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, optim="adamw_torch", seed=a.seed,
             data_seed=a.seed, bf16=False, fp16=False, use_cpu=device.type == "cpu", report_to=[],
             logging_steps=1, save_strategy="no", eval_strategy="no", disable_tqdm=True,
-            dataloader_num_workers=0, completion_only_loss=True, dataset_num_proc=None)
+            dataloader_num_workers=0, completion_only_loss=True, dataset_num_proc=None,
+            **({} if a.checkpointing == "defaults" else {"gradient_checkpointing": a.checkpointing == "on"}))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
@@ -198,13 +203,16 @@ def run_trl(model, tok, examples, a, device, packing: bool) -> dict[str, Any]:
             warnings.simplefilter("ignore")
             trainer.train()
     step_s = [b - a_ for a_, b in zip(marks, marks[1:])]
-    return summarise(step_s, real[:len(step_s)], computed[:len(step_s)], losses, a.warmup, mem.mb)
+    return {**summarise(step_s, real[:len(step_s)], computed[:len(step_s)], losses, a.warmup, mem.mb),
+            "checkpointing": bool(cfg.gradient_checkpointing)}
 
 
 def run_bare(model, tok, examples, a, device) -> dict[str, Any]:
     from llm_studio.data.batching import collate
 
     model.to(device).train()
+    if a.checkpointing == "on":  # a bare loop keeps every activation unless told otherwise
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     rng = np.random.default_rng(a.seed)
     order = rng.permutation(len(examples)).tolist()
@@ -226,19 +234,21 @@ def run_bare(model, tok, examples, a, device) -> dict[str, Any]:
             step_s.append(time.perf_counter() - t0)
             real.append(out["n_real_tokens"])
             computed.append(out["n_computed_tokens"])
-    return summarise(step_s, real, computed, losses, a.warmup, mem.mb)
+    return {**summarise(step_s, real, computed, losses, a.warmup, mem.mb), "checkpointing": a.checkpointing == "on"}
 
 
 def run_engine(model, tok, examples, a, device) -> dict[str, Any]:
     """The real engine's step (TrainRecipe.train_step): its collate, loss, clipping, optimizer and schedule."""
-    from llm_studio.config.schema import (DatasetConfig, EnvironmentConfig, ExperimentConfig,
+    from llm_studio.config.schema import (DatasetConfig, EnvironmentConfig, ExperimentConfig, ModelConfig,
                                           TrainingConfig)
     from llm_studio.train.recipe import TrainRecipe
     from llm_studio.train.run_state import StepWindow
 
     n_steps = a.warmup + a.steps
+    model_cfg = ModelConfig() if a.checkpointing == "defaults" else ModelConfig(
+        gradient_checkpointing=a.checkpointing == "on")
     cfg = ExperimentConfig(
-        dataset=DatasetConfig(max_length=a.max_length),
+        model=model_cfg, dataset=DatasetConfig(max_length=a.max_length),
         training=TrainingConfig(batch_size=a.batch_size, packing=True, group_by_length=True, max_steps=n_steps,
                                 learning_rate=LR, scheduler="constant", warmup_ratio=0.0, weight_decay=0.0,
                                 max_grad_norm=1.0, seed=a.seed),
@@ -263,7 +273,8 @@ def run_engine(model, tok, examples, a, device) -> dict[str, Any]:
                 real.append(w.real_tokens)
                 computed.append(w.computed_tokens)
                 index += 1
-    return summarise(step_s, real, computed, losses, a.warmup, mem.mb)
+    return {**summarise(step_s, real, computed, losses, a.warmup, mem.mb),
+            "checkpointing": cfg.model.gradient_checkpointing}
 
 
 # ============================================================================================== main
@@ -280,8 +291,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--model", default=None, help="a local folder or hub id (default: the 3.4M random Llama)")
+    p.add_argument("--hidden-size", type=int, default=256, help="random Llama: hidden size (heads = hidden / 64)")
+    p.add_argument("--layers", type=int, default=4, help="random Llama: decoder layers")
+    p.add_argument("--intermediate-size", type=int, default=None, help="random Llama: MLP width (2 x hidden)")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     p.add_argument("--json", default=None, help="write every figure to this file")
+    p.add_argument("--checkpointing", choices=("defaults", "on", "off"), default="defaults",
+                   help="gradient checkpointing: each tool's default (TRL on, the engine's schema default, the "
+                        "bare loop off), or on/off for every variant")
     p.add_argument("--memory-processes", action="store_true",
                    help="also run each variant once in a fresh process for its own peak RSS (fair CPU memory)")
     a = p.parse_args(argv)
@@ -305,9 +322,13 @@ def own_process_memory(a: argparse.Namespace, variants: list[str]) -> dict[str, 
         with tempfile.TemporaryDirectory() as tmp:
             args = [sys.executable, __file__, "--variants", name, "--repeats", "1", "--steps", str(a.steps),
                     "--warmup", str(a.warmup), "--batch-size", str(a.batch_size), "--max-length", str(a.max_length),
-                    "--seed", str(a.seed), "--device", a.device, "--json", str(Path(tmp) / "one.json")]
+                    "--seed", str(a.seed), "--device", a.device, "--checkpointing", a.checkpointing,
+                    "--json", str(Path(tmp) / "one.json")]
             if a.model:
                 args += ["--model", a.model]
+            args += ["--hidden-size", str(a.hidden_size), "--layers", str(a.layers)]
+            if a.intermediate_size:
+                args += ["--intermediate-size", str(a.intermediate_size)]
             done = subprocess.run(args, capture_output=True, text=True)
             if done.returncode != 0:
                 raise SystemExit(f"the {name} memory run failed:\n{done.stderr[-2000:]}")
@@ -324,7 +345,7 @@ def main(argv=None) -> int:
     device = torch.device(dev)
     variants = [v for v in a.variants.split(",") if v]
     t_setup = time.perf_counter()
-    base_model, tok = build_model_and_tokenizer(a.model, device)
+    base_model, tok = build_model_and_tokenizer(a.model, device, a.hidden_size, a.layers, a.intermediate_size)
     init_state = copy.deepcopy(base_model.state_dict())
     n_params = sum(p.numel() for p in base_model.parameters())
     # enough examples that the packed variants never run out within one repeat
@@ -366,14 +387,16 @@ def main(argv=None) -> int:
         med = {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "real_fraction", "s_per_step",
                                                                  "peak_mem_mb")}
         mid = min(rs, key=lambda r: abs(r["tokens_per_s"] - med["tokens_per_s"]))
-        results[name] = {**med, "first_loss": mid["first_loss"], "last_loss": mid["last_loss"], "runs": rs}
+        results[name] = {**med, "first_loss": mid["first_loss"], "last_loss": mid["last_loss"],
+                         "checkpointing": mid["checkpointing"], "runs": rs}
 
     mem_label = "peak CUDA MB" if device.type == "cuda" else "peak RSS MB"
     print(f"\n{'variant':<12} {'real tok/s':>11} {'real frac':>9} {'s/step':>8} {mem_label:>13} "
-          f"{'first loss':>10} {'last loss':>9}")
+          f"{'first loss':>10} {'last loss':>9} {'grad ckpt':>9}")
     for name, r in results.items():
         print(f"{name:<12} {r['tokens_per_s']:>11,.0f} {r['real_fraction']:>9.1%} {r['s_per_step']:>8.3f} "
-              f"{r['peak_mem_mb']:>13,.0f} {r['first_loss']:>10.3f} {r['last_loss']:>9.3f}")
+              f"{r['peak_mem_mb']:>13,.0f} {r['first_loss']:>10.3f} {r['last_loss']:>9.3f} "
+              f"{'on' if r['checkpointing'] else 'off':>9}")
     ratios: dict[str, float] = {}
     trl = [n for n in ("trl_padded", "trl_packed") if n in results]
     if "engine" in results and trl:

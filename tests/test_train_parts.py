@@ -154,6 +154,24 @@ def test_label_only_logits_give_the_same_loss_and_gradients_as_full_logits(tiny_
     assert model(input_ids=ids).logits.shape[:2] == (3, 24)
 
 
+def test_gradient_checkpointing_is_on_by_default_and_changes_no_gradient(tiny_model_dir: Path) -> None:
+    from llm_studio.models.load import load_backbone
+
+    assert ModelConfig().gradient_checkpointing  # the default, as in TRL and H2O LLM Studio
+    ids = torch.randint(5, 200, (2, 16))
+    grads = {}
+    for on in (True, False):
+        torch.manual_seed(0)
+        model = load_backbone(ModelConfig(backbone=str(tiny_model_dir), gradient_checkpointing=on),
+                              AdapterConfig(type="lora", r=4, alpha=8, dropout=0.0),
+                              EnvironmentConfig(device="cpu")).model
+        assert model.base_model.model.is_gradient_checkpointing is on
+        model.train()
+        token_loss_sum(model(input_ids=ids).logits, ids).backward()
+        grads[on] = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[True], grads[False]))
+
+
 # --- checkpoints -----------------------------------------------------------------------------------
 
 class _TinyModel(torch.nn.Module):

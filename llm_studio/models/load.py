@@ -212,15 +212,14 @@ def load_backbone(model_cfg: ModelConfig, adapter_cfg: AdapterConfig, env: Envir
         for module in model.modules():
             if hasattr(module, "support_avx512bf16_for_cpu"):
                 module.support_avx512bf16_for_cpu = False
-    gc_kwargs = {"use_reentrant": False}
     if quantized:
         # freezes the base, upcasts norms/embeddings to fp32 and enables checkpointing if asked
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=model_cfg.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs=gc_kwargs)
+                                                gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
     elif model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        enable_checkpointing(model)
 
     if adapter_cfg.type != "none":
         from peft import get_peft_model
@@ -244,6 +243,15 @@ def _load_adapter_weights(model: torch.nn.Module, folder: Path, device: torch.de
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise RuntimeError(f"checkpoint {folder} does not match the adapter config: unexpected {unexpected[:3]}")
+
+
+# non-reentrant: works with frozen embeddings (LoRA) and DDP without enable_input_require_grads
+CHECKPOINTING_KWARGS = {"use_reentrant": False}
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each decoder layer's activations in the backward pass instead of keeping them."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
 
 
 def maybe_compile(model: torch.nn.Module, env: EnvironmentConfig) -> torch.nn.Module:

@@ -36,7 +36,7 @@ from llm_studio.config.schema import (AdapterConfig, DatasetConfig, EnvironmentC
 from llm_studio.data import read_split
 from llm_studio.data.batching import collate, plan_batches, stats_text, tokenize_conversations
 from llm_studio.errors import DatasetError
-from llm_studio.models.load import autocast_dtype, load_backbone, maybe_compile, resolve_device
+from llm_studio.models.load import autocast_dtype, enable_checkpointing, load_backbone, maybe_compile, resolve_device
 from llm_studio.tracking.reporter import Reporter
 from llm_studio.train import distributed
 from llm_studio.train.checkpoint import (Progress, best_checkpoint, load_training_state, prune_checkpoints,
@@ -93,6 +93,8 @@ class TrainRecipe:
         r.dist, r.device, r.zero = distributed.current(), device, None
         r.autocast_dtype = autocast_dtype(cfg.environment, device)
         r.model = r.train_model = model.to(device)
+        if cfg.model.gradient_checkpointing:
+            enable_checkpointing(model)
         r.model.train()
         r.trainable = trainable_parameters(model)
         r.flatten_packed = False
