@@ -14,7 +14,7 @@ import pytest
 
 from conftest import REPO, cli, cli_env
 from polling import wait_for
-from llm_studio.runner import manager
+from llm_studio.runner import manager, resources
 from llm_studio.store import Store
 
 TINY = str(REPO / "experiments" / "tiny-sft.yaml")
@@ -63,6 +63,19 @@ def test_two_experiments_with_one_slot_run_one_after_the_other(worker) -> None:
     assert second.started_at >= first.finished_at, "one CPU slot: the second run waits for the first"
     summary = json.loads((Path(first.config_path).parent / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["global_step"] == 6
+
+
+def test_two_cpu_slots_run_together_and_split_the_cores(worker) -> None:
+    Store().set_setting("cpu_slots", 2)
+    manager.start(TINY, "left", FAST)
+    manager.start(TINY, "right", FAST)
+    wait_for(lambda: status("left") == "finished" and status("right") == "finished", 240, "both runs")
+    store = Store()
+    left, right = store.get_experiment("left"), store.get_experiment("right")
+    assert right.started_at < left.finished_at, "two CPU slots: the runs overlap"
+    threads = os.environ.get("OMP_NUM_THREADS") or str(resources.threads_per_cpu_slot(2))
+    for exp in (left, right):  # each worker logs the torch threads it got
+        assert f"torch threads {threads} |" in (Path(exp.config_path).parent / "train.log").read_text()
 
 
 def test_stop_saves_a_checkpoint_and_resume_finishes_the_run(worker) -> None:

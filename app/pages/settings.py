@@ -56,8 +56,9 @@ async def settings_page(q: Q) -> None:
     ]))
     add_card(q, "settings_studio", ui.form_card(box=ui.box("main", order=2), title="Studio", items=[
         ui.spinbox(name="settings_cpu_slots", label="CPU slots", value=values["cpu_slots"], min=1, max=256, step=1,
-                   width="200px", tooltip="How many CPU-only runs may train at once. Runs on GPUs take GPUs, "
-                                          "not slots. LLM_STUDIO_CPU_SLOTS in the environment wins."),
+                   width="200px", tooltip="How many CPU-only runs may train at once; they split the cores "
+                                          "evenly. Runs on GPUs take GPUs, not slots. LLM_STUDIO_CPU_SLOTS in "
+                                          "the environment wins."),
         ui.choice_group(name="settings_theme", label="Theme", value=values["theme"], inline=True,
                         choices=[ui.choice("light", "Light"), ui.choice("dark", "Dark")]),
         ui.dropdown(name="settings_default_preset", label="Preset for new experiments", width="320px",

@@ -160,7 +160,8 @@ class EnvironmentConfig(Section):
                                                 choices=[0, 2, 3], advanced=True)
     compile: bool = setting(False, "torch.compile", "Compile the model (slow start, faster steps on GPU).",
                             advanced=True)
-    num_threads: int = setting(0, "CPU threads", "Torch threads per process; 0 keeps torch's default.",
+    num_threads: int = setting(0, "CPU threads", "Torch threads per process; 0: torch's default, or the "
+                                                 "cores split evenly when several CPU runs may share them.",
                                ge=0, advanced=True)
 
 

@@ -39,6 +39,13 @@ def cpu_slots(setting: Any) -> int:
         return DEFAULT_CPU_SLOTS
 
 
+def threads_per_cpu_slot(slots: int) -> int:
+    """Torch threads for one CPU job when `slots` CPU jobs may run at once: the machine's cores split
+    evenly (two jobs with every core each oversubscribe the CPU and both run far slower)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, slots))
+
+
 def wanted(device: str, num_processes: int, pinned_gpus: list[int], gpus: tuple[int, ...]) -> dict[str, Any]:
     """The resources a training job asks for, from its config's environment section."""
     if device == "cpu" or not gpus:

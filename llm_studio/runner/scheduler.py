@@ -132,6 +132,9 @@ class Scheduler:
         env.update(secret_env())  # tokens from Settings reach the worker only through its environment
         if "gpus" in granted:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in granted["gpus"])
+        slots = resources.cpu_slots(self.store.get_setting("cpu_slots"))
+        if "cpu_slots" in granted and slots > 1 and "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(resources.threads_per_cpu_slot(slots))  # the config's num_threads wins
         if job.args.get("resume"):
             args = process.python_cli("train", "--resume", exp.name)
         else:
