@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import tempfile
 import traceback
@@ -227,6 +228,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     if not args.output and not args.push:
         raise LLMStudioError("give --output DIR (and/or --push OWNER/REPO)")
+    if args.license is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", args.license):
+        raise LLMStudioError(f"--license {args.license!r} is not a Hub license id (lower case, like apache-2.0 or mit)")
     if args.push:
         from llm_studio.export.push import check_repo_id
 
@@ -236,9 +239,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.output or args.adapter_only:  # an adapter to push is a copy: make it here, it takes no time
             target = args.output or Path(scratch) / "adapter"
             if args.adapter_only:
-                out = export_adapter(args.name, target, checkpoint=args.checkpoint, zip=args.zip and bool(args.output))
+                out = export_adapter(args.name, target, checkpoint=args.checkpoint, zip=args.zip and bool(args.output),
+                                     license=args.license)
             else:
-                out = export_experiment(args.name, target, checkpoint=args.checkpoint, dtype=args.dtype, zip=args.zip)
+                out = export_experiment(args.name, target, checkpoint=args.checkpoint, dtype=args.dtype, zip=args.zip,
+                                        license=args.license)
             if args.output:
                 what = "the adapter of " if args.adapter_only else ""
                 print(f"exported {what}'{args.name}' to {out}"
@@ -247,7 +252,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             from llm_studio.export.push import push_experiment
 
             url = push_experiment(args.name, args.push, private=args.private, checkpoint=args.checkpoint,
-                                  dtype=args.dtype, folder=out)
+                                  dtype=args.dtype, folder=out, license=args.license)
             print(f"pushed '{args.name}' to {url}")
     return 0
 
@@ -388,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--private", action="store_true", help="create the Hub repository private")
     sp.add_argument("--adapter-only", action="store_true",
                     help="the LoRA/DoRA adapter alone (a few MB, loaded with peft on top of the base), no merge")
+    sp.add_argument("--license", metavar="ID", help="the model card's license, a Hub license id like apache-2.0 "
+                                                    "(default: the base model's when its README says, else 'other')")
 
     sp = add(sub, "chat", cmd_chat, "Chat with a trained experiment (streamed answers).",
              "llm-studio chat first --prompt 'What is the capital of France?'")

@@ -67,7 +67,8 @@ def test_export_loads_with_plain_transformers_and_matches_the_experiment(home: P
     card = (out / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
     assert front["library_name"] == "transformers" and "llm-studio" in front["tags"]
-    assert front["base_model"] and front["datasets"] == ["sample-qa"] and front["license"]
+    assert front["base_model"] and front["datasets"] == ["sample-qa"]
+    assert front["license"] == "other"  # the tiny base model's README names no license
     assert "validation/loss" in card and "AutoModelForCausalLM" in card
 
     tok = AutoTokenizer.from_pretrained(out)
@@ -89,8 +90,11 @@ def test_the_adapter_alone_downloads_and_loads_on_its_base_with_peft(home: Path,
     from llm_studio.export.loading import load_experiment_model
 
     out = tmp_path / "adapter"
-    proc = subprocess.run(cli("export", "run", "--adapter-only", "--output", str(out), "--zip"), env=cli_env(home),
-                          cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    bad = subprocess.run(cli("export", "run", "--adapter-only", "--output", str(out), "--license", "Apache 2"),
+                         env=cli_env(home), cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
+    assert bad.returncode == 2 and "'Apache 2' is not a Hub license id" in bad.stderr and not out.exists()
+    proc = subprocess.run(cli("export", "run", "--adapter-only", "--output", str(out), "--zip", "--license", "mit"),
+                          env=cli_env(home), cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "exported the adapter of 'run'" in proc.stdout
     names = {p.name for p in out.iterdir()}
@@ -98,13 +102,30 @@ def test_the_adapter_alone_downloads_and_loads_on_its_base_with_peft(home: Path,
     assert not names & {"training_state.pt", "state.json", "model.safetensors"}, names  # no training state, no merge
     assert (tmp_path / "adapter.zip").is_file()
     front = yaml.safe_load((out / "README.md").read_text().split("---")[1])
-    assert front["library_name"] == "peft"
+    assert front["library_name"] == "peft" and front["license"] == "mit"
 
     model = AutoPeftModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     ref = load_experiment_model("run", "best")
     ids = torch.tensor([render_prompt(ref.tokenizer, [{"role": "user", "content": "What is the capital of France?"}])])
     with torch.no_grad():
         assert torch.allclose(model(input_ids=ids).logits, ref.model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_the_model_card_inherits_the_base_models_license(tmp_path: Path) -> None:
+    from llm_studio.config.schema import ExperimentConfig
+    from llm_studio.export.export import base_license, model_card
+    from llm_studio.export.loading import ExperimentModel
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "README.md").write_text("---\nlicense: apache-2.0\ntags: [llama]\n---\n# A base model\n")
+    assert base_license(str(base)) == "apache-2.0"
+    assert base_license(str(tmp_path / "missing")) is None and base_license("owner/never-cached") is None
+    loaded = ExperimentModel(model=None, tokenizer=None, cfg=ExperimentConfig(), checkpoint=tmp_path / "step-1",
+                             backbone=str(base), exp_dir=tmp_path)
+    license_of = lambda card: yaml.safe_load(card.split("---")[1])["license"]
+    assert license_of(model_card("run", loaded)) == "apache-2.0"                 # a fine-tune keeps its base's terms
+    assert license_of(model_card("run", loaded, license="cc-by-4.0")) == "cc-by-4.0"  # unless told otherwise
 
 
 def test_chat_streams_the_same_greedy_answer_as_the_predictions(home: Path) -> None:

@@ -31,7 +31,7 @@ _TRAINING_ONLY = {"training_state.pt", "state.json", "zero"}
 
 
 def export_experiment(name: str, output_dir: str | Path, *, checkpoint: str = "best", dtype: str = "float32",
-                      zip: bool = False, overwrite: bool = True) -> Path:
+                      zip: bool = False, overwrite: bool = True, license: str | None = None) -> Path:
     """Write the merged model of experiment `name` to `output_dir` (and OUTPUT.zip with `zip`)."""
     output = _check_output(output_dir, overwrite)
     loaded = load_experiment_model(name, checkpoint, dtype=dtype)
@@ -44,7 +44,7 @@ def export_experiment(name: str, output_dir: str | Path, *, checkpoint: str = "b
         model.save_pretrained(tmp, safe_serialization=True)
         loaded.tokenizer.save_pretrained(tmp)
         _write_generation_config(model, loaded, tmp)
-        (tmp / "README.md").write_text(model_card(name, loaded), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(name, loaded, license=license), encoding="utf-8")
 
     _publish(output, write)
     if zip:
@@ -53,7 +53,7 @@ def export_experiment(name: str, output_dir: str | Path, *, checkpoint: str = "b
 
 
 def export_adapter(name: str, output_dir: str | Path, *, checkpoint: str = "best", zip: bool = False,
-                   overwrite: bool = True) -> Path:
+                   overwrite: bool = True, license: str | None = None) -> Path:
     """Write the adapter of experiment `name`'s checkpoint to `output_dir` (and OUTPUT.zip with `zip`)."""
     output = _check_output(output_dir, overwrite)
     ckpt = resolve_checkpoint(name, checkpoint)
@@ -70,7 +70,7 @@ def export_adapter(name: str, output_dir: str | Path, *, checkpoint: str = "best
         for p in ckpt.iterdir():
             if p.name not in _TRAINING_ONLY and p.is_file():
                 shutil.copy2(p, tmp / p.name)
-        (tmp / "README.md").write_text(model_card(name, info, adapter_only=True), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(name, info, adapter_only=True, license=license), encoding="utf-8")
 
     _publish(output, write)
     if zip:
@@ -141,9 +141,33 @@ def _yaml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid YAML scalar
 
 
-def model_card(name: str, loaded: ExperimentModel, adapter_only: bool = False) -> str:
+def base_license(backbone: str) -> str | None:
+    """The `license` in the base model's README front matter: a local folder's, or a Hub model's when its
+    README is in the local Hugging Face cache (nothing is downloaded)."""
+    import yaml
+
+    readme: Path | None = Path(backbone) / "README.md"
+    if not readme.is_file():  # type: ignore[union-attr]
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(backbone, "README.md")
+        except Exception:  # not a repo id (a missing local path): no license to read
+            cached = None
+        readme = Path(cached) if isinstance(cached, str) else None
+    try:
+        text = readme.read_text(encoding="utf-8") if readme else ""
+        meta = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
+    except (OSError, IndexError, yaml.YAMLError):
+        return None
+    value = meta.get("license") if isinstance(meta, dict) else None
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def model_card(name: str, loaded: ExperimentModel, adapter_only: bool = False, license: str | None = None) -> str:
     """README.md: YAML front matter for the Hub, the training setup, final metrics and a usage snippet
-    (loading the merged model, or with `adapter_only` the adapter on top of its base with peft)."""
+    (loading the merged model, or with `adapter_only` the adapter on top of its base with peft). The
+    license is `license`, else the base model's (a fine-tune inherits its terms), else 'other'."""
     cfg = loaded.cfg
     summary = read_summary(loaded.exp_dir)
     base = cfg.model.backbone
@@ -152,7 +176,8 @@ def model_card(name: str, loaded: ExperimentModel, adapter_only: bool = False) -
     library = "peft" if adapter_only else "transformers"
     lines = ["---", f"base_model: {_yaml_str(base)}", f"library_name: {library}", "pipeline_tag: text-generation",
              "tags:"] + [f"- {t}" for t in tags]
-    lines += ["datasets:", f"- {_yaml_str(cfg.dataset.name)}", "license: other", "---", "",
+    license = license or base_license(str(loaded.backbone)) or "other"
+    lines += ["datasets:", f"- {_yaml_str(cfg.dataset.name)}", f"license: {_yaml_str(license)}", "---", "",
               f"# {name}", "",
               f"Fine-tuned from `{base}` on the dataset `{cfg.dataset.name}` with LLM Studio"
               + (f" (the {adapter.upper()} adapter only: load it on top of the base model with peft)" if adapter_only

@@ -34,7 +34,8 @@ def _scrub(text: str, token: str) -> str:
 
 
 def push_experiment(name: str, repo_id: str, *, private: bool = False, checkpoint: str = "best",
-                    dtype: str = "float32", folder: Path | None = None, token: str | None = None) -> str:
+                    dtype: str = "float32", folder: Path | None = None, token: str | None = None,
+                    license: str | None = None) -> str:
     """Upload experiment `name` (its exported `folder`, or a fresh export) to `repo_id`; return its URL."""
     from llm_studio import settings
     from llm_studio.export.export import export_experiment
@@ -52,7 +53,7 @@ def push_experiment(name: str, repo_id: str, *, private: bool = False, checkpoin
     try:
         if folder is None:
             tmp = Path(tempfile.mkdtemp(prefix="llm-studio-push-"))
-            folder = export_experiment(name, tmp / "model", checkpoint=checkpoint, dtype=dtype)
+            folder = export_experiment(name, tmp / "model", checkpoint=checkpoint, dtype=dtype, license=license)
         with _hub_errors(repo_id, token):
             info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                                      commit_message=f"Upload {name} from LLM Studio")
