@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 import tempfile
 import traceback
@@ -224,12 +223,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from llm_studio.export.export import export_adapter, export_experiment
+    from llm_studio.export.export import check_license, export_adapter, export_experiment
 
     if not args.output and not args.push:
         raise LLMStudioError("give --output DIR (and/or --push OWNER/REPO)")
-    if args.license is not None and not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", args.license):
-        raise LLMStudioError(f"--license {args.license!r} is not a Hub license id (lower case, like apache-2.0 or mit)")
+    if args.license is not None:
+        check_license(args.license)
     if args.push:
         from llm_studio.export.push import check_repo_id
 

@@ -47,15 +47,31 @@ def cli(*args: str) -> list[str]:
 
 # --- the studio in a browser: one Wave server and one Chromium per session, for every UI test module ---
 
+HUB_TOKEN = "hf_studioSessionToken0123456789"
+
+
 @pytest.fixture(scope="session")
-def studio(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[Studio]:
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A local fake Hugging Face Hub (create repo, upload, commit) the studio's pushes go to."""
+    from fake_hub import FakeHub
+
+    fake = FakeHub(tmp_path_factory.mktemp("hub"), token=HUB_TOKEN)
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def studio(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, hub: Any) -> Iterator[Studio]:
     if not Path(CHROMIUM).exists():
         pytest.skip(f"Chromium not found at {CHROMIUM} (run `make browser`)")
     root = tmp_path_factory.mktemp("studio")
     home = root / "workspace"
     (home / "models").mkdir(parents=True)
     os.symlink(tiny_model_dir, home / "models" / "tiny-llama")  # built once per session
-    with Studio(home, log_path=root / "studio.log") as s:
+    # the Hub is the fake one: a push from the UI reaches it, anything else gets an answer from 127.0.0.1
+    hub_env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1",
+               "HF_HOME": str(root / "hf-home")}
+    with Studio(home, log_path=root / "studio.log", extra_env=hub_env) as s:
         yield s
 
 

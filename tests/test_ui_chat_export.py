@@ -1,5 +1,6 @@
 """The experiment page's Chat and Export tabs in real Chromium against the real studio (fixtures shared
-with test_ui.py): a streamed answer from the experiment's chat process, and a zip download of the export."""
+with test_ui.py): a streamed answer from the experiment's chat process, a zip download of the export, and
+a push to a (fake, local) Hub."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import io
 import subprocess
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
-from conftest import REPO, cli, cli_env
+from conftest import HUB_TOKEN, REPO, cli, cli_env
 from ui_helpers import UserPage, needs_browser, wait_for
 
 pytestmark = [needs_browser, pytest.mark.browser]
@@ -64,3 +67,32 @@ def test_export_tab_produces_a_downloadable_zip(user: UserPage, trained: str) ->
     names = zipfile.ZipFile(io.BytesIO(body)).namelist()
     assert "adapter_model.safetensors" in names and "model.safetensors" not in names, names
     user.no_error_shown()
+
+
+def test_push_sends_the_model_with_its_license_to_the_hub_and_never_shows_the_token(
+        user: UserPage, trained: str, hub: Any, ws: Path) -> None:
+    from llm_studio import settings
+
+    settings.set_secret("hf_token", HUB_TOKEN)  # as saved on the Settings page
+    try:
+        user.open(f"#experiment/{trained}/export")
+        user.page.fill("[data-test=push_repo]", "me/ui-push")
+        user.page.fill("[data-test=push_license]", "apache-2.0")
+        user.click("export_push")
+        def outcome() -> str | None:  # the push's own result (an earlier test's export result may show first)
+            error = user.page.query_selector("[data-test=export_error]")
+            done = user.page.query_selector("[data-test=export_result]")
+            text = (error or done).inner_text() if (error or done) else ""
+            return text if error or text.startswith("pushed") else None
+
+        result = wait_for(outcome, 240, "the push result")
+        assert result.startswith("pushed") and trained in result and "me/ui-push" in result  # quotes: typographic
+        files = hub.files("me/ui-push")
+        assert "model.safetensors" in files and "tokenizer.json" in files
+        card = yaml.safe_load(files["README.md"].decode().split("---")[1])
+        assert card["license"] == "apache-2.0"
+        assert hub.repos["me/ui-push"]["private"] is True  # the checkbox's default
+        assert HUB_TOKEN not in user.page.content()
+        user.no_error_shown()
+    finally:
+        settings.set_secret("hf_token", None)

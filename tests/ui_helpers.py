@@ -56,7 +56,8 @@ class Studio:
         self.home.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, LLM_STUDIO_HOME=str(self.home), H2O_WAVE_LISTEN=f"127.0.0.1:{self.port}",
                    H2O_WAVE_ADDRESS=self.url, H2O_WAVE_APP_ADDRESS=f"http://127.0.0.1:{self.app_port}",
-                   H2O_WAVE_NO_LOG="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", **self.extra_env)
+                   H2O_WAVE_NO_LOG="1", PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+        env.update(self.extra_env)  # may turn the Hub back on (pointed at a fake one)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen([str(REPO / ".venv" / "bin" / "wave"), "run", "--no-reload", "app.main"],
                                      cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,

@@ -144,6 +144,8 @@ async def render_export(q: Q, name: str, info: dict[str, Any], state: dict[str, 
         ui.buttons(buttons),
         ui.separator("Push to Hugging Face"),
         ui.textbox(name="push_repo", label="Repository (owner/name)", placeholder="my-org/my-model"),
+        ui.textbox(name="push_license", label="License (optional)",
+                   placeholder="apache-2.0; empty: the base model's license, else 'other'"),
         ui.checkbox(name="push_private", label="Private repository", value=True),
         ui.button(name="export_push", label="Push to Hugging Face", icon="CloudUpload",
                   disabled=not info.get("can_chat") or job["running"]),
@@ -196,4 +198,5 @@ async def export_adapter_zip(q: Q) -> None:
 @on("export_push")
 @guarded
 async def export_push(q: Q) -> None:
-    await _start_export(q, push_repo=str(q.args.push_repo or ""), private=bool(q.args.push_private))
+    await _start_export(q, push_repo=str(q.args.push_repo or ""), private=bool(q.args.push_private),
+                        license=str(q.args.push_license or "").strip() or None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -139,6 +140,13 @@ def _write_generation_config(model: Any, loaded: ExperimentModel, folder: Path) 
 
 def _yaml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid YAML scalar
+
+
+def check_license(value: str) -> str:
+    """A Hub license id (apache-2.0, mit, llama3.1, cc-by-nc-4.0...), or a clear error."""
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", value):
+        raise LLMStudioError(f"license {value!r} is not a Hub license id (lower case, like apache-2.0 or mit)")
+    return value
 
 
 def base_license(backbone: str) -> str | None:

@@ -39,9 +39,9 @@ def zip_path(name: str, adapter_only: bool, store: Store | None = None) -> Path:
 
 
 def start_export(name: str, push_repo: str | None = None, private: bool = True, store: Store | None = None,
-                 adapter_only: bool = False) -> None:
+                 adapter_only: bool = False, license: str | None = None) -> None:
     """Start exporting `name` as a zip (push_repo None) or pushing it to the Hub repo `push_repo`;
-    the merged model, or with `adapter_only` the adapter alone."""
+    the merged model, or with `adapter_only` the adapter alone; `license` for the model card."""
     folder = _folder(name, store)
     if export_status(name, store)["running"]:
         raise LLMStudioError(f"an export of '{name}' is already running")
@@ -52,6 +52,10 @@ def start_export(name: str, push_repo: str | None = None, private: bool = True, 
     if adapter_only and not has_adapter(name, store):
         raise LLMStudioError(f"experiment '{name}' trained the whole model: there is no adapter to download")
     args = ["export", name] + (["--adapter-only"] if adapter_only else [])
+    if license:
+        from llm_studio.export.export import check_license
+
+        args += ["--license", check_license(license)]
     if push_repo is None:
         args += ["--output", str(zip_path(name, adapter_only, store).with_suffix("")), "--zip"]
         action = "adapter" if adapter_only else "export"
