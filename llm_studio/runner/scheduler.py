@@ -120,11 +120,11 @@ class Scheduler:
                 continue
             if granted is None:
                 continue  # strict priority/FIFO would block; smaller jobs may still fit
-            if self._launch(job, granted):
+            if self._launch(job, granted, slots):
                 busy_gpus.update(granted.get("gpus", []))
                 busy_cpu += granted.get("cpu_slots", 0)
 
-    def _launch(self, job: JobRecord, granted: dict) -> bool:
+    def _launch(self, job: JobRecord, granted: dict, cpu_slots: int) -> bool:
         exp = self.store.get_experiment(job.experiment_name)
         exp_dir = Path(exp.config_path).parent
         env = dict(os.environ, LLM_STUDIO_HOME=str(paths.home()), LLM_STUDIO_JOB_ID=str(job.id),
@@ -132,9 +132,8 @@ class Scheduler:
         env.update(secret_env())  # tokens from Settings reach the worker only through its environment
         if "gpus" in granted:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in granted["gpus"])
-        slots = resources.cpu_slots(self.store.get_setting("cpu_slots"))
-        if "cpu_slots" in granted and slots > 1 and "OMP_NUM_THREADS" not in os.environ:
-            env["OMP_NUM_THREADS"] = str(resources.threads_per_cpu_slot(slots))  # the config's num_threads wins
+        if "cpu_slots" in granted and cpu_slots > 1 and "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(resources.threads_per_cpu_slot(cpu_slots))  # the config's num_threads wins
         if job.args.get("resume"):
             args = process.python_cli("train", "--resume", exp.name)
         else:

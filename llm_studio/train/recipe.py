@@ -92,12 +92,11 @@ class TrainRecipe:
         r = cls(cfg, exp_dir=exp_dir, reporter=None)  # type: ignore[arg-type]  # train_step never reports
         r.dist, r.device, r.zero = distributed.current(), device, None
         r.autocast_dtype = autocast_dtype(cfg.environment, device)
-        r.model = r.train_model = model.to(device)
+        r.model = r.train_model = model.to(device).train()  # never compiled here: label-only logits apply
         if cfg.model.gradient_checkpointing:
             enable_checkpointing(model)
-        r.model.train()
         r.trainable = trainable_parameters(model)
-        r.flatten_packed = False
+        r.flatten_packed, r.label_logits_only = False, True
         r.tokenizer, r.pad_id = tokenizer, tokenizer.pad_token_id
         r.train_examples, r.train_lengths = train_examples, [len(e.input_ids) for e in train_examples]
         r.total_steps = cfg.training.max_steps
@@ -129,6 +128,7 @@ class TrainRecipe:
         self.backbone = loaded.backbone
         self.zero: ZeroEngine | None = None  # DeepSpeed: wraps the model once the optimizer exists
         self.train_model = self.model if env.deepspeed_stage else distributed.wrap_model(maybe_compile(self.model, env))
+        self.label_logits_only = not env.compile  # a compiled graph would recompile for each new label count
         self.model.train()
         self.trainable = trainable_parameters(self.model)
         # flash-attention finds packed examples only in a single row (varlen kernels): flatten the batch;
@@ -284,8 +284,7 @@ class TrainRecipe:
             last = i == len(micro) - 1
             with distributed.no_sync(self.train_model, last_micro_batch=last) if self.zero is None \
                     else contextlib.nullcontext():
-                # compiled graphs would recompile for every new number of label tokens: full logits there
-                with label_logits(self.model, m.labels, self.device, enabled=not self.cfg.environment.compile) \
+                with label_logits(self.model, m.labels, self.device, enabled=self.label_logits_only) \
                         as selection, self._autocast():
                     logits = self.train_model(**inputs).logits
                 loss_sum = selection.loss_sum(logits)
