@@ -149,6 +149,25 @@ def test_queue_order_cancel_and_delete_while_queued(workspace: Path) -> None:
         manager.cancel("b")
 
 
+def test_deleting_a_run_that_finishes_at_that_moment_still_deletes_it(workspace: Path) -> None:
+    """The UI's delete stops a running run first; a run that ends between the delete's look and the stop
+    must not turn the delete into an error (seen in CI: the clone test's run finished as Delete was clicked)."""
+    manager.start(TINY, "racing", FAST)
+    store = Store()
+    store.update_experiment("racing", status="running")
+
+    class FinishesNow(Store):  # the real store; the run "finishes" right after delete reads its status
+        def get_experiment(self, name: str):
+            rec = super().get_experiment(name)
+            if rec.status == "running":
+                self.update_experiment(name, status="finished")
+            return rec
+
+    manager.delete("racing", store=FinishesNow(), force=True, wait_s=1.0)
+    assert "racing" not in [e.name for e in Store().list_experiments()]
+    assert not (workspace / "experiments" / "racing").exists()
+
+
 def test_user_errors_are_clear_and_change_nothing(workspace: Path) -> None:
     manager.start(TINY, "taken", FAST)
     with pytest.raises(Exception, match="already exists"):

@@ -202,7 +202,12 @@ def delete(name: str, store: Store | None = None, force: bool = False, wait_s: f
     if rec.status in ("running", "stopping"):
         if not force:
             raise LLMStudioError(f"experiment '{name}' is {rec.status}: stop it first or use --force")
-        rec = stop(name, store, wait_s=wait_s)
+        try:
+            rec = stop(name, store, wait_s=wait_s)
+        except LLMStudioError:  # the run ended on its own between the two reads: nothing left to stop
+            rec = store.get_experiment(name)
+            if rec.status in ACTIVE:
+                raise
         job = store.active_job(name)
         if job and job.pid and process.is_running(job.pid, job.pid_start_time):
             process.signal_group(job.pid, signal.SIGKILL)
