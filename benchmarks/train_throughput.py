@@ -209,10 +209,11 @@ def run_trl(model, tok, examples, a, device, packing: bool) -> dict[str, Any]:
 
 def run_bare(model, tok, examples, a, device) -> dict[str, Any]:
     from llm_studio.data.batching import collate
+    from llm_studio.models.load import enable_checkpointing
 
     model.to(device).train()
     if a.checkpointing == "on":  # a bare loop keeps every activation unless told otherwise
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     rng = np.random.default_rng(a.seed)
     order = rng.permutation(len(examples)).tolist()

@@ -154,8 +154,9 @@ def base_license(backbone: str) -> str | None:
     README is in the local Hugging Face cache (nothing is downloaded)."""
     import yaml
 
-    readme: Path | None = Path(backbone) / "README.md"
-    if not readme.is_file():  # type: ignore[union-attr]
+    local = Path(backbone) / "README.md"
+    readme: Path | None = local
+    if not local.is_file():
         from huggingface_hub import try_to_load_from_cache
 
         try:
